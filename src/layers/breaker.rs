@@ -1,0 +1,4 @@
+//! Circuit breaker per upstream.
+
+pub mod state;
+pub mod window;

@@ -1,0 +1,3 @@
+//! Passive outlier detection per endpoint.
+
+pub mod ejection;

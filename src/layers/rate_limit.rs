@@ -1,0 +1,3 @@
+//! Rate limiting per route.
+
+pub mod gcra;

@@ -1,0 +1,1 @@
+//! TODO(helper): to be written.

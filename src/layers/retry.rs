@@ -1,0 +1,4 @@
+//! Retries with a budget.
+
+pub mod backoff;
+pub mod budget;
