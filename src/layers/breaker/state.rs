@@ -1,1 +1,1134 @@
-//! TODO(helper): to be written.
+//! The circuit breaker's state machine: pure bookkeeping, no I/O and no locks, with the clock
+//! passed in so that the caller decides how it is shared and tests can drive time.
+
+use std::fmt;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::window::{format_duration, Window, WindowSettings, WindowTotals};
+
+/// While every half-open trial slot is taken the breaker does not know when one frees up, so
+/// rejected callers get a short hint instead of an exact time.
+const HALF_OPEN_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Tuning for one breaker.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BreakerSettings {
+    /// Trip when at least this fraction (0.0..=1.0) of the calls in the window failed.
+    pub failure_rate_threshold: f64,
+    /// Trip when at least this fraction of the calls in the window were slow. Above 1.0 never
+    /// trips. Below 1.0 a slow half-open trial also counts as a failed one; at 1.0 (the
+    /// default) it does not, since a single slow call says little when only all-slow trips.
+    pub slow_call_rate_threshold: f64,
+    /// A call taking at least this long is slow.
+    pub slow_call_duration: Duration,
+    /// Which recent calls the rates are computed over.
+    pub window: WindowSettings,
+    /// Rates are only judged once the window holds at least this many calls, so that two
+    /// failures out of three calls at startup do not open the breaker. Should not exceed a
+    /// count window's size, or the rates can never trip.
+    pub minimum_calls: u32,
+    /// Trip after this many failures in a row regardless of the window; 0 turns it off.
+    pub consecutive_failures: u32,
+    /// How long the breaker stays open after tripping from closed.
+    pub open_duration: Duration,
+    /// Each consecutive re-trip from half-open doubles the open time up to this cap. Equal to
+    /// (or below) `open_duration` means the open time never grows.
+    pub max_open_duration: Duration,
+    /// How many trial calls half-open admits; all of them must succeed to close. 0 is
+    /// treated as 1.
+    pub half_open_calls: u32,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        Self {
+            failure_rate_threshold: 0.5,
+            slow_call_rate_threshold: 1.0,
+            slow_call_duration: Duration::from_secs(5),
+            window: WindowSettings::Count { size: 100 },
+            minimum_calls: 20,
+            consecutive_failures: 0,
+            open_duration: Duration::from_secs(30),
+            max_open_duration: Duration::from_secs(30),
+            half_open_calls: 5,
+        }
+    }
+}
+
+/// The breaker's state without its data, for metrics, logs and comparisons.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StateKind {
+    /// Calls flow and are counted.
+    Closed,
+    /// Calls are rejected until the open time runs out.
+    Open,
+    /// A few trial calls are let through to probe the upstream.
+    HalfOpen,
+}
+
+impl StateKind {
+    /// The label used in metrics and logs: "closed", "open" or "half_open".
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+        }
+    }
+
+    /// The value exported on the state gauge: 0 closed, 1 open, 2 half-open.
+    pub const fn gauge(self) -> i64 {
+        match self {
+            Self::Closed => 0,
+            Self::Open => 1,
+            Self::HalfOpen => 2,
+        }
+    }
+}
+
+impl fmt::Display for StateKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The breaker's state with the data each state needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Calls flow and are counted in the window.
+    Closed,
+    /// Calls are rejected until `until`; the first admission at or after it goes half-open.
+    Open {
+        /// When the open time runs out.
+        until: Instant,
+    },
+    /// Trial calls are being let through.
+    HalfOpen {
+        /// Trials admitted and not cancelled, including those that already succeeded.
+        admitted: u32,
+        /// Trials that finished successfully.
+        succeeded: u32,
+    },
+}
+
+impl BreakerState {
+    /// The state without its data.
+    pub const fn kind(&self) -> StateKind {
+        match self {
+            Self::Closed => StateKind::Closed,
+            Self::Open { .. } => StateKind::Open,
+            Self::HalfOpen { .. } => StateKind::HalfOpen,
+        }
+    }
+}
+
+/// How an admitted call ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallResult {
+    /// Whether the call counts as a failure (the caller's classification).
+    pub failed: bool,
+    /// How long the call took; at least `slow_call_duration` makes it slow.
+    pub elapsed: Duration,
+}
+
+/// Proof that a call was admitted, to be handed back to [`Breaker::record`] or
+/// [`Breaker::cancel`]. Dropping it instead leaks a half-open trial slot until the next
+/// transition, so callers should cancel from a drop guard.
+#[derive(Debug)]
+#[must_use = "a ticket must be passed to Breaker::record or Breaker::cancel"]
+pub struct Ticket {
+    trial: bool,
+    generation: u64,
+}
+
+impl Ticket {
+    /// Whether this call is a half-open trial.
+    pub fn is_trial(&self) -> bool {
+        self.trial
+    }
+}
+
+/// The answer to "may this call go through?".
+#[derive(Debug)]
+#[must_use]
+pub enum Admission {
+    /// Go ahead, and report the outcome with the ticket.
+    Admitted(Ticket),
+    /// Refused; the breaker should be asked again after `retry_after` (exact, unrounded).
+    Rejected {
+        /// Remaining open time, or a short hint while half-open trials are in flight.
+        retry_after: Duration,
+    },
+}
+
+/// A state change, for the caller to log and count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    /// The state left.
+    pub from: StateKind,
+    /// The state entered.
+    pub to: StateKind,
+    /// Why, in an operator's words; for a trip, the same text [`Breaker::reason`] reports.
+    pub reason: String,
+}
+
+/// A point-in-time view for status pages and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BreakerSnapshot {
+    /// The current state (an expired open still reads open, see [`Breaker::kind`]).
+    pub state: StateKind,
+    /// See [`Breaker::reason`].
+    pub reason: String,
+    /// Calls in the window. Kept while open and half-open so the tripping numbers stay
+    /// visible; emptied when the breaker closes.
+    pub calls: u32,
+    /// Failed calls in the window.
+    pub failures: u32,
+    /// Slow calls in the window.
+    pub slow: u32,
+    /// Current run of failures while closed.
+    pub consecutive_failures: u32,
+    /// Time left while open.
+    pub open_remaining: Option<Duration>,
+    /// How many times the breaker has opened, re-trips from half-open included.
+    pub trips: u64,
+}
+
+/// One circuit breaker: decides admission and digests outcomes.
+#[derive(Debug)]
+pub struct Breaker {
+    settings: BreakerSettings,
+    state: BreakerState,
+    window: Window,
+    consecutive_failures: u32,
+    /// Bumped on every transition so results of calls admitted under an earlier state can be
+    /// recognised and ignored.
+    generation: u64,
+    trips: u64,
+    /// The open time of the latest trip, which the next re-trip from half-open doubles.
+    open_for: Duration,
+    /// Kept from the latest trip because the window may have moved on since.
+    open_reason: String,
+}
+
+impl Breaker {
+    /// A closed breaker with an empty window.
+    pub fn new(settings: BreakerSettings) -> Self {
+        Self {
+            window: Window::new(&settings.window),
+            state: BreakerState::Closed,
+            consecutive_failures: 0,
+            generation: 0,
+            trips: 0,
+            open_for: settings.open_duration,
+            open_reason: String::new(),
+            settings,
+        }
+    }
+
+    /// The settings the breaker was built with.
+    pub fn settings(&self) -> &BreakerSettings {
+        &self.settings
+    }
+
+    /// The current state with its data.
+    pub fn state(&self) -> &BreakerState {
+        &self.state
+    }
+
+    /// Whether a call may go through now.
+    ///
+    /// Open -> HalfOpen happens lazily here once `now >= until`, the call that notices being
+    /// the first trial. Half-open admits exactly `half_open_calls` trials, then rejects with
+    /// a short `retry_after` hint until they resolve.
+    pub fn admit(&mut self, now: Instant) -> (Admission, Option<Transition>) {
+        match self.state {
+            BreakerState::Closed => (Admission::Admitted(self.ticket(false)), None),
+            BreakerState::Open { until } if now < until => (
+                Admission::Rejected {
+                    retry_after: until.saturating_duration_since(now),
+                },
+                None,
+            ),
+            BreakerState::Open { .. } => {
+                let transition = self.half_open();
+                self.state = BreakerState::HalfOpen {
+                    admitted: 1,
+                    succeeded: 0,
+                };
+                (Admission::Admitted(self.ticket(true)), Some(transition))
+            }
+            BreakerState::HalfOpen {
+                admitted,
+                succeeded,
+            } => {
+                if admitted < self.trial_calls() {
+                    self.state = BreakerState::HalfOpen {
+                        admitted: admitted + 1,
+                        succeeded,
+                    };
+                    (Admission::Admitted(self.ticket(true)), None)
+                } else {
+                    (
+                        Admission::Rejected {
+                            retry_after: HALF_OPEN_RETRY_AFTER,
+                        },
+                        None,
+                    )
+                }
+            }
+        }
+    }
+
+    /// Digests the outcome of an admitted call.
+    ///
+    /// Closed: the call enters the window; the breaker trips when the window holds at least
+    /// `minimum_calls` and the failure or slow rate reached its threshold, or when
+    /// `consecutive_failures` is on and the run of failures reached it. Half-open: a failed
+    /// trial (or a slow one, when `slow_call_rate_threshold < 1.0`) re-opens with a doubled
+    /// open time; once `half_open_calls` trials succeeded the breaker closes with an empty
+    /// window. Results of tickets admitted before the latest transition are ignored, so a
+    /// slow call admitted while closed can neither close nor re-open a half-open breaker.
+    pub fn record(
+        &mut self,
+        ticket: Ticket,
+        result: CallResult,
+        now: Instant,
+    ) -> Option<Transition> {
+        if ticket.generation != self.generation {
+            return None;
+        }
+        match self.state {
+            BreakerState::Closed if !ticket.trial => self.record_closed(result, now),
+            BreakerState::HalfOpen {
+                admitted,
+                succeeded,
+            } if ticket.trial => {
+                let slow = self.settings.slow_call_rate_threshold < 1.0
+                    && result.elapsed >= self.settings.slow_call_duration;
+                if result.failed {
+                    Some(self.trip(
+                        StateKind::HalfOpen,
+                        "half-open trial failed".to_owned(),
+                        now,
+                    ))
+                } else if slow {
+                    let reason = format!(
+                        "half-open trial slow (over {})",
+                        format_duration(self.settings.slow_call_duration)
+                    );
+                    Some(self.trip(StateKind::HalfOpen, reason, now))
+                } else {
+                    let succeeded = succeeded.saturating_add(1);
+                    if succeeded >= self.trial_calls() {
+                        Some(self.close(succeeded))
+                    } else {
+                        self.state = BreakerState::HalfOpen {
+                            admitted,
+                            succeeded,
+                        };
+                        None
+                    }
+                }
+            }
+            // Unreachable for tickets this breaker issued in this generation.
+            _ => None,
+        }
+    }
+
+    /// The call was abandoned (the client went away): frees its half-open trial slot without
+    /// counting as a success or a failure. Tickets from closed or older states are dropped.
+    pub fn cancel(&mut self, ticket: Ticket) {
+        if ticket.generation != self.generation || !ticket.trial {
+            return;
+        }
+        if let BreakerState::HalfOpen {
+            admitted,
+            succeeded,
+        } = self.state
+        {
+            self.state = BreakerState::HalfOpen {
+                admitted: admitted.saturating_sub(1),
+                succeeded,
+            };
+        }
+    }
+
+    /// The current state. An open breaker whose time has run out still reports open until
+    /// the next [`admit`](Self::admit) moves it to half-open: with no traffic nothing is
+    /// being probed, and reporting half-open then would claim trials that are not happening.
+    pub fn kind(&self, _now: Instant) -> StateKind {
+        self.state.kind()
+    }
+
+    /// Why the breaker is where it is, in words an operator reads on a status page, e.g.
+    /// "failure rate 62% over the last 100 calls >= 50%" (open), "half-open: 2 of 5 trial
+    /// calls succeeded", or "12 calls in the last 100 calls, fewer than minimum 20" (closed).
+    pub fn reason(&mut self, now: Instant) -> String {
+        match self.state {
+            BreakerState::Open { .. } => self.open_reason.clone(),
+            BreakerState::HalfOpen { succeeded, .. } => format!(
+                "half-open: {succeeded} of {} trial calls succeeded",
+                self.trial_calls()
+            ),
+            BreakerState::Closed => {
+                let totals = self.window.totals(now);
+                self.closed_reason(totals)
+            }
+        }
+    }
+
+    /// Everything a status page or metrics scrape wants, in one go.
+    pub fn snapshot(&mut self, now: Instant) -> BreakerSnapshot {
+        let totals = self.window.totals(now);
+        let open_remaining = match self.state {
+            BreakerState::Open { until } => Some(until.saturating_duration_since(now)),
+            _ => None,
+        };
+        BreakerSnapshot {
+            state: self.state.kind(),
+            reason: self.reason(now),
+            calls: totals.calls,
+            failures: totals.failures,
+            slow: totals.slow,
+            consecutive_failures: self.consecutive_failures,
+            open_remaining,
+            trips: self.trips,
+        }
+    }
+
+    fn ticket(&self, trial: bool) -> Ticket {
+        Ticket {
+            trial,
+            generation: self.generation,
+        }
+    }
+
+    fn trial_calls(&self) -> u32 {
+        self.settings.half_open_calls.max(1)
+    }
+
+    fn record_closed(&mut self, result: CallResult, now: Instant) -> Option<Transition> {
+        let slow = result.elapsed >= self.settings.slow_call_duration;
+        self.window.record(result.failed, slow, now);
+        self.consecutive_failures = if result.failed {
+            self.consecutive_failures.saturating_add(1)
+        } else {
+            0
+        };
+        let totals = self.window.totals(now);
+        let reason = self.trip_reason(totals)?;
+        Some(self.trip(StateKind::Closed, reason, now))
+    }
+
+    /// Only formats on the way to a trip; the common path is a few compares and divisions.
+    fn trip_reason(&self, totals: WindowTotals) -> Option<String> {
+        let s = &self.settings;
+        if totals.calls > 0 && totals.calls >= s.minimum_calls {
+            let calls = f64::from(totals.calls);
+            // Divide rather than multiply the threshold, so that a rate equal to the threshold
+            // as displayed (62 of 100 against 0.62) compares equal.
+            let failure_rate = f64::from(totals.failures) / calls;
+            if totals.failures > 0 && failure_rate >= s.failure_rate_threshold {
+                return Some(self.failure_clause(totals));
+            }
+            let slow_rate = f64::from(totals.slow) / calls;
+            if totals.slow > 0 && slow_rate >= s.slow_call_rate_threshold {
+                return Some(self.slow_clause(totals));
+            }
+        }
+        if s.consecutive_failures > 0 && self.consecutive_failures >= s.consecutive_failures {
+            return Some(self.consecutive_clause());
+        }
+        None
+    }
+
+    fn failure_clause(&self, totals: WindowTotals) -> String {
+        let (op, rate, threshold) = compare(
+            totals.failures,
+            totals.calls,
+            self.settings.failure_rate_threshold,
+        );
+        format!(
+            "failure rate {rate} over {} {op} {threshold}",
+            self.window.describe()
+        )
+    }
+
+    fn slow_clause(&self, totals: WindowTotals) -> String {
+        let (op, rate, threshold) = compare(
+            totals.slow,
+            totals.calls,
+            self.settings.slow_call_rate_threshold,
+        );
+        format!(
+            "slow call rate {rate} (calls over {}) over {} {op} {threshold}",
+            format_duration(self.settings.slow_call_duration),
+            self.window.describe()
+        )
+    }
+
+    fn consecutive_clause(&self) -> String {
+        let limit = self.settings.consecutive_failures;
+        let op = if self.consecutive_failures >= limit {
+            ">="
+        } else {
+            "<"
+        };
+        format!(
+            "{} consecutive failures {op} {limit}",
+            self.consecutive_failures
+        )
+    }
+
+    fn closed_reason(&self, totals: WindowTotals) -> String {
+        let s = &self.settings;
+        let mut reason = if totals.calls == 0 && s.minimum_calls <= 1 {
+            format!("no calls in {}", self.window.describe())
+        } else if totals.calls < s.minimum_calls.max(1) {
+            format!(
+                "{} {} in {}, fewer than minimum {}",
+                totals.calls,
+                if totals.calls == 1 { "call" } else { "calls" },
+                self.window.describe(),
+                s.minimum_calls
+            )
+        } else {
+            let mut reason = self.failure_clause(totals);
+            // Above 1.0 the slow rate can never trip, so mentioning it would only be noise.
+            if s.slow_call_rate_threshold <= 1.0 {
+                reason.push_str(", ");
+                reason.push_str(&self.slow_clause(totals));
+            }
+            reason
+        };
+        if s.consecutive_failures > 0 {
+            reason.push_str(", ");
+            reason.push_str(&self.consecutive_clause());
+        }
+        reason
+    }
+
+    fn trip(&mut self, from: StateKind, reason: String, now: Instant) -> Transition {
+        self.open_for = if from == StateKind::HalfOpen {
+            let cap = self
+                .settings
+                .max_open_duration
+                .max(self.settings.open_duration);
+            self.open_for.saturating_mul(2).min(cap)
+        } else {
+            self.settings.open_duration
+        };
+        self.state = BreakerState::Open {
+            until: add_saturating(now, self.open_for),
+        };
+        self.generation = self.generation.wrapping_add(1);
+        self.trips = self.trips.saturating_add(1);
+        self.open_reason.clone_from(&reason);
+        Transition {
+            from,
+            to: StateKind::Open,
+            reason,
+        }
+    }
+
+    fn half_open(&mut self) -> Transition {
+        self.generation = self.generation.wrapping_add(1);
+        Transition {
+            from: StateKind::Open,
+            to: StateKind::HalfOpen,
+            reason: format!(
+                "open for {}, trying {} trial calls",
+                format_duration(self.open_for),
+                self.trial_calls()
+            ),
+        }
+    }
+
+    fn close(&mut self, succeeded: u32) -> Transition {
+        self.state = BreakerState::Closed;
+        self.window.reset();
+        self.consecutive_failures = 0;
+        self.open_for = self.settings.open_duration;
+        self.generation = self.generation.wrapping_add(1);
+        Transition {
+            from: StateKind::HalfOpen,
+            to: StateKind::Closed,
+            reason: format!(
+                "{succeeded} of {} half-open trial calls succeeded",
+                self.trial_calls()
+            ),
+        }
+    }
+}
+
+/// `now + d`, shortened rather than panicking if a misconfigured duration overflows the clock.
+fn add_saturating(now: Instant, mut d: Duration) -> Instant {
+    loop {
+        if let Some(t) = now.checked_add(d) {
+            return t;
+        }
+        if d.is_zero() {
+            return now;
+        }
+        d /= 2;
+    }
+}
+
+/// Formats `part / whole` against `threshold` as percentages with the comparison that holds.
+///
+/// Percentages are rounded to integers, except where that would print a contradiction such
+/// as "50% < 50%" for 49.6%; then just enough decimals are shown to tell them apart.
+fn compare(part: u32, whole: u32, threshold: f64) -> (&'static str, String, String) {
+    let rate = if whole == 0 {
+        0.0
+    } else {
+        f64::from(part) / f64::from(whole)
+    };
+    let op = if part > 0 && rate >= threshold {
+        ">="
+    } else {
+        "<"
+    };
+    let (r, t) = (rate * 100.0, threshold * 100.0);
+    for decimals in 0..=4 {
+        let (rs, ts) = (percent(r, decimals), percent(t, decimals));
+        if rs != ts || rate == threshold {
+            return (op, rs, ts);
+        }
+    }
+    (op, format!("{r}%"), format!("{t}%"))
+}
+
+fn percent(value: f64, decimals: usize) -> String {
+    // Explicit rounding because float formatting rounds halves to even (62.5 -> "62").
+    let scale = 10f64.powi(i32::try_from(decimals).unwrap_or(0));
+    let rounded = (value * scale).round() / scale;
+    format!("{rounded:.decimals$}%")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::advance;
+
+    const FAIL: CallResult = CallResult {
+        failed: true,
+        elapsed: Duration::from_millis(10),
+    };
+    const OK: CallResult = CallResult {
+        failed: false,
+        elapsed: Duration::from_millis(10),
+    };
+    const SLOW_OK: CallResult = CallResult {
+        failed: false,
+        elapsed: Duration::from_secs(10),
+    };
+
+    fn now() -> Instant {
+        Instant::now()
+    }
+
+    fn admitted(breaker: &mut Breaker) -> Ticket {
+        match breaker.admit(now()) {
+            (Admission::Admitted(ticket), _) => ticket,
+            (Admission::Rejected { retry_after }, _) => {
+                panic!("rejected, retry after {retry_after:?}")
+            }
+        }
+    }
+
+    fn call(breaker: &mut Breaker, result: CallResult) -> Option<Transition> {
+        let ticket = admitted(breaker);
+        breaker.record(ticket, result, now())
+    }
+
+    fn rejected(breaker: &mut Breaker) -> Duration {
+        match breaker.admit(now()) {
+            (Admission::Rejected { retry_after }, None) => retry_after,
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    fn settings() -> BreakerSettings {
+        BreakerSettings {
+            minimum_calls: 10,
+            open_duration: Duration::from_secs(10),
+            max_open_duration: Duration::from_secs(25),
+            half_open_calls: 3,
+            ..BreakerSettings::default()
+        }
+    }
+
+    /// A breaker tripped by ten failures, open for `open_duration`.
+    fn tripped(settings: BreakerSettings) -> Breaker {
+        let mut breaker = Breaker::new(settings);
+        let mut transition = None;
+        while transition.is_none() {
+            transition = call(&mut breaker, FAIL);
+        }
+        assert_eq!(breaker.kind(now()), StateKind::Open);
+        breaker
+    }
+
+    /// Moves an open breaker past its open time and admits the first trial.
+    async fn first_trial(breaker: &mut Breaker) -> Ticket {
+        advance(rejected(breaker)).await;
+        match breaker.admit(now()) {
+            (Admission::Admitted(ticket), Some(t)) => {
+                assert_eq!((t.from, t.to), (StateKind::Open, StateKind::HalfOpen));
+                assert!(ticket.is_trial());
+                ticket
+            }
+            other => panic!("expected half-open admission, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let s = BreakerSettings::default();
+        assert_eq!(s.failure_rate_threshold, 0.5);
+        assert_eq!(s.slow_call_rate_threshold, 1.0);
+        assert_eq!(s.slow_call_duration, Duration::from_secs(5));
+        assert_eq!(s.window, WindowSettings::Count { size: 100 });
+        assert_eq!(s.minimum_calls, 20);
+        assert_eq!(s.consecutive_failures, 0);
+        assert_eq!(s.open_duration, Duration::from_secs(30));
+        assert_eq!(s.max_open_duration, Duration::from_secs(30));
+        assert_eq!(s.half_open_calls, 5);
+    }
+
+    #[test]
+    fn state_kinds_have_labels_and_gauge_values() {
+        assert_eq!(StateKind::Closed.as_str(), "closed");
+        assert_eq!(StateKind::Open.as_str(), "open");
+        assert_eq!(StateKind::HalfOpen.as_str(), "half_open");
+        assert_eq!(StateKind::HalfOpen.to_string(), "half_open");
+        assert_eq!(StateKind::Closed.gauge(), 0);
+        assert_eq!(StateKind::Open.gauge(), 1);
+        assert_eq!(StateKind::HalfOpen.gauge(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn trips_on_failure_rate_only_after_minimum_calls() {
+        let mut breaker = Breaker::new(BreakerSettings::default());
+        // 19 calls, all failed: 100% but below the minimum of 20.
+        for _ in 0..19 {
+            assert_eq!(call(&mut breaker, FAIL), None);
+        }
+        assert_eq!(breaker.kind(now()), StateKind::Closed);
+        assert_eq!(
+            breaker.reason(now()),
+            "19 calls in the last 100 calls, fewer than minimum 20"
+        );
+        let t = call(&mut breaker, FAIL).expect("20th call trips");
+        assert_eq!((t.from, t.to), (StateKind::Closed, StateKind::Open));
+        assert_eq!(t.reason, "failure rate 100% over the last 100 calls >= 50%");
+        assert_eq!(breaker.reason(now()), t.reason);
+        assert_eq!(breaker.snapshot(now()).trips, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn trips_when_failure_rate_reaches_threshold_exactly() {
+        let mut breaker = Breaker::new(BreakerSettings::default());
+        for _ in 0..10 {
+            assert_eq!(call(&mut breaker, OK), None);
+        }
+        for _ in 0..9 {
+            assert_eq!(call(&mut breaker, FAIL), None);
+        }
+        // 9 of 20 = 45%: below threshold, stays closed.
+        assert_eq!(call(&mut breaker, OK), None);
+        assert_eq!(
+            breaker.reason(now()),
+            "failure rate 45% over the last 100 calls < 50%, \
+             slow call rate 0% (calls over 5s) over the last 100 calls < 100%"
+        );
+        // 10 of 21 = 48%, then 11 of 22 = 50%.
+        assert_eq!(call(&mut breaker, FAIL), None);
+        let t = call(&mut breaker, FAIL).expect("trips at 50%");
+        assert_eq!(t.reason, "failure rate 50% over the last 100 calls >= 50%");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn trips_on_slow_call_rate() {
+        let mut breaker = Breaker::new(BreakerSettings {
+            minimum_calls: 5,
+            window: WindowSettings::Time {
+                size: Duration::from_secs(10),
+            },
+            ..BreakerSettings::default()
+        });
+        // One fast call keeps the slow rate below 100%.
+        assert_eq!(call(&mut breaker, OK), None);
+        for _ in 0..5 {
+            assert_eq!(call(&mut breaker, SLOW_OK), None);
+        }
+        assert_eq!(breaker.kind(now()), StateKind::Closed);
+        // Once those calls have left the window, five slow calls in a row trip.
+        advance(Duration::from_secs(10)).await;
+        for _ in 0..4 {
+            assert_eq!(call(&mut breaker, SLOW_OK), None);
+        }
+        let t = call(&mut breaker, SLOW_OK).expect("all slow trips");
+        assert_eq!(
+            t.reason,
+            "slow call rate 100% (calls over 5s) over the last 10s >= 100%"
+        );
+        assert_eq!(breaker.kind(now()), StateKind::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn trips_on_consecutive_failures() {
+        let mut breaker = Breaker::new(BreakerSettings {
+            consecutive_failures: 3,
+            ..BreakerSettings::default()
+        });
+        for result in [FAIL, FAIL, OK, FAIL, FAIL] {
+            assert_eq!(call(&mut breaker, result), None);
+        }
+        assert_eq!(
+            breaker.reason(now()),
+            "5 calls in the last 100 calls, fewer than minimum 20, 2 consecutive failures < 3"
+        );
+        let t = call(&mut breaker, FAIL).expect("third in a row trips");
+        assert_eq!(t.reason, "3 consecutive failures >= 3");
+        assert_eq!(breaker.snapshot(now()).consecutive_failures, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn old_failures_in_a_time_window_stop_counting() {
+        let mut breaker = Breaker::new(BreakerSettings {
+            minimum_calls: 4,
+            window: WindowSettings::Time {
+                size: Duration::from_secs(10),
+            },
+            ..BreakerSettings::default()
+        });
+        for _ in 0..3 {
+            assert_eq!(call(&mut breaker, FAIL), None);
+        }
+        advance(Duration::from_secs(10)).await;
+        // Without expiry this would be 4 failures of 4 calls.
+        assert_eq!(call(&mut breaker, FAIL), None);
+        assert_eq!(breaker.kind(now()), StateKind::Closed);
+        assert_eq!(
+            breaker.reason(now()),
+            "1 call in the last 10s, fewer than minimum 4"
+        );
+        let snap = breaker.snapshot(now());
+        assert_eq!((snap.calls, snap.failures), (1, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_rejects_with_shrinking_retry_after() {
+        let mut breaker = tripped(settings());
+        assert_eq!(rejected(&mut breaker), Duration::from_secs(10));
+        advance(Duration::from_millis(2500)).await;
+        assert_eq!(rejected(&mut breaker), Duration::from_millis(7500));
+        let snap = breaker.snapshot(now());
+        assert_eq!(snap.state, StateKind::Open);
+        assert_eq!(snap.open_remaining, Some(Duration::from_millis(7500)));
+        assert_eq!(snap.calls, 10);
+        assert_eq!(snap.failures, 10);
+        advance(Duration::from_millis(7499)).await;
+        assert_eq!(rejected(&mut breaker), Duration::from_millis(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_open_reads_open_until_admit_moves_it() {
+        let mut breaker = tripped(settings());
+        advance(Duration::from_secs(60)).await;
+        assert_eq!(breaker.kind(now()), StateKind::Open);
+        assert_eq!(breaker.snapshot(now()).open_remaining, Some(Duration::ZERO));
+        let (admission, transition) = breaker.admit(now());
+        assert!(matches!(admission, Admission::Admitted(_)));
+        let t = transition.expect("goes half-open");
+        assert_eq!(t.reason, "open for 10s, trying 3 trial calls");
+        assert_eq!(breaker.kind(now()), StateKind::HalfOpen);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn half_open_admits_exactly_the_trial_calls() {
+        let mut breaker = tripped(settings());
+        let first = first_trial(&mut breaker).await;
+        let second = admitted(&mut breaker);
+        let third = admitted(&mut breaker);
+        assert!(second.is_trial() && third.is_trial());
+        assert_eq!(rejected(&mut breaker), HALF_OPEN_RETRY_AFTER);
+        assert_eq!(
+            *breaker.state(),
+            BreakerState::HalfOpen {
+                admitted: 3,
+                succeeded: 0
+            }
+        );
+        // A finished trial does not free a slot: exactly three trials per half-open period.
+        assert_eq!(breaker.record(first, OK, now()), None);
+        assert_eq!(rejected(&mut breaker), HALF_OPEN_RETRY_AFTER);
+        breaker.cancel(second);
+        breaker.cancel(third);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn all_trials_succeeding_closes_with_a_fresh_window() {
+        let mut breaker = tripped(settings());
+        let tickets = [
+            first_trial(&mut breaker).await,
+            admitted(&mut breaker),
+            admitted(&mut breaker),
+        ];
+        let mut transitions = Vec::new();
+        for ticket in tickets {
+            transitions.extend(breaker.record(ticket, OK, now()));
+        }
+        assert_eq!(
+            transitions,
+            vec![Transition {
+                from: StateKind::HalfOpen,
+                to: StateKind::Closed,
+                reason: "3 of 3 half-open trial calls succeeded".to_owned(),
+            }]
+        );
+        let snap = breaker.snapshot(now());
+        assert_eq!(snap.state, StateKind::Closed);
+        assert_eq!((snap.calls, snap.failures, snap.slow), (0, 0, 0));
+        assert_eq!(snap.consecutive_failures, 0);
+        assert_eq!(snap.open_remaining, None);
+        assert_eq!(snap.trips, 1);
+        // The ten old failures are gone: nine new ones do not reach the minimum.
+        for _ in 0..9 {
+            assert_eq!(call(&mut breaker, FAIL), None);
+        }
+        assert_eq!(breaker.kind(now()), StateKind::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_trial_reopens_with_doubling_capped_open_time() {
+        let mut breaker = tripped(settings());
+        // 10s, then 20s, then capped at 25s.
+        for expected in [20, 25, 25] {
+            let trial = first_trial(&mut breaker).await;
+            let t = breaker
+                .record(trial, FAIL, now())
+                .expect("failed trial re-opens");
+            assert_eq!((t.from, t.to), (StateKind::HalfOpen, StateKind::Open));
+            assert_eq!(t.reason, "half-open trial failed");
+            assert_eq!(breaker.reason(now()), "half-open trial failed");
+            assert_eq!(rejected(&mut breaker), Duration::from_secs(expected));
+        }
+        assert_eq!(breaker.snapshot(now()).trips, 4);
+
+        // Closing resets the growth: the next trip is back to the base open time.
+        for _ in 0..3 {
+            let trial = if breaker.kind(now()) == StateKind::Open {
+                first_trial(&mut breaker).await
+            } else {
+                admitted(&mut breaker)
+            };
+            let _ = breaker.record(trial, OK, now());
+        }
+        assert_eq!(breaker.kind(now()), StateKind::Closed);
+        let mut breaker_trip = None;
+        while breaker_trip.is_none() {
+            breaker_trip = call(&mut breaker, FAIL);
+        }
+        assert_eq!(rejected(&mut breaker), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_growth_when_max_equals_open_duration() {
+        let mut breaker = tripped(BreakerSettings {
+            minimum_calls: 1,
+            ..BreakerSettings::default()
+        });
+        for _ in 0..3 {
+            let trial = first_trial(&mut breaker).await;
+            assert!(breaker.record(trial, FAIL, now()).is_some());
+            assert_eq!(rejected(&mut breaker), Duration::from_secs(30));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stale_generation_results_are_ignored() {
+        let mut breaker = Breaker::new(settings());
+        // Admitted while closed, finishes much later.
+        let straggler = admitted(&mut breaker);
+        let another = admitted(&mut breaker);
+        for _ in 0..10 {
+            let _ = call(&mut breaker, FAIL);
+        }
+        assert_eq!(breaker.kind(now()), StateKind::Open);
+        // Ignored while open.
+        assert_eq!(breaker.record(another, FAIL, now()), None);
+
+        let trial = first_trial(&mut breaker).await;
+        // A success from the closed era neither counts as a trial nor closes anything.
+        assert_eq!(breaker.record(straggler, OK, now()), None);
+        assert_eq!(
+            *breaker.state(),
+            BreakerState::HalfOpen {
+                admitted: 1,
+                succeeded: 0
+            }
+        );
+        assert_eq!(
+            breaker.reason(now()),
+            "half-open: 0 of 3 trial calls succeeded"
+        );
+
+        // A trial from a previous half-open period cannot re-open the new one either.
+        let t = breaker.record(trial, FAIL, now()).expect("re-opens");
+        assert_eq!(t.to, StateKind::Open);
+        let first = first_trial(&mut breaker).await;
+        let second = admitted(&mut breaker);
+        assert_eq!(breaker.record(second, OK, now()), None);
+        assert_eq!(
+            breaker.reason(now()),
+            "half-open: 1 of 3 trial calls succeeded"
+        );
+        breaker.cancel(first);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stale_trial_from_previous_half_open_is_ignored() {
+        let mut breaker = tripped(settings());
+        let first = first_trial(&mut breaker).await;
+        let slow_trial = admitted(&mut breaker);
+        assert!(breaker.record(first, FAIL, now()).is_some());
+        let fresh = first_trial(&mut breaker).await;
+        // The trial admitted in the previous half-open period reports a failure: ignored.
+        assert_eq!(breaker.record(slow_trial, FAIL, now()), None);
+        assert_eq!(breaker.kind(now()), StateKind::HalfOpen);
+        assert_eq!(breaker.record(fresh, OK, now()), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancel_frees_a_trial_slot() {
+        let mut breaker = tripped(BreakerSettings {
+            half_open_calls: 1,
+            ..settings()
+        });
+        let trial = first_trial(&mut breaker).await;
+        assert_eq!(rejected(&mut breaker), HALF_OPEN_RETRY_AFTER);
+        breaker.cancel(trial);
+        assert_eq!(
+            *breaker.state(),
+            BreakerState::HalfOpen {
+                admitted: 0,
+                succeeded: 0
+            }
+        );
+        let retry = admitted(&mut breaker);
+        let t = breaker.record(retry, OK, now()).expect("closes");
+        assert_eq!(t.to, StateKind::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancel_outside_half_open_changes_nothing() {
+        let mut breaker = Breaker::new(settings());
+        let ticket = admitted(&mut breaker);
+        breaker.cancel(ticket);
+        let snap = breaker.snapshot(now());
+        assert_eq!((snap.state, snap.calls), (StateKind::Closed, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_trial_counts_as_failure_only_below_full_slow_threshold() {
+        // At the default threshold of 1.0 a slow trial is a success.
+        let mut breaker = tripped(BreakerSettings {
+            half_open_calls: 1,
+            ..settings()
+        });
+        let trial = first_trial(&mut breaker).await;
+        let t = breaker.record(trial, SLOW_OK, now()).expect("closes");
+        assert_eq!(t.to, StateKind::Closed);
+
+        let mut breaker = tripped(BreakerSettings {
+            half_open_calls: 1,
+            slow_call_rate_threshold: 0.8,
+            ..settings()
+        });
+        let trial = first_trial(&mut breaker).await;
+        let t = breaker.record(trial, SLOW_OK, now()).expect("re-opens");
+        assert_eq!(t.to, StateKind::Open);
+        assert_eq!(t.reason, "half-open trial slow (over 5s)");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reasons_name_numbers_and_thresholds() {
+        let mut breaker = Breaker::new(BreakerSettings::default());
+        assert_eq!(
+            breaker.reason(now()),
+            "0 calls in the last 100 calls, fewer than minimum 20"
+        );
+        for _ in 0..12 {
+            let _ = call(&mut breaker, OK);
+        }
+        assert_eq!(
+            breaker.reason(now()),
+            "12 calls in the last 100 calls, fewer than minimum 20"
+        );
+        for _ in 0..17 {
+            let _ = call(&mut breaker, OK);
+        }
+        let _ = call(&mut breaker, FAIL);
+        let _ = call(&mut breaker, SLOW_OK);
+        // 1 of 31 failed = 3.2%, 1 of 31 slow.
+        let reason = breaker.reason(now());
+        assert!(
+            reason.starts_with("failure rate 3% over the last 100 calls < 50%"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("slow call rate 3% (calls over 5s) over the last 100 calls < 100%"),
+            "{reason}"
+        );
+
+        let mut breaker = tripped(BreakerSettings {
+            half_open_calls: 5,
+            ..settings()
+        });
+        assert_eq!(
+            breaker.reason(now()),
+            "failure rate 100% over the last 100 calls >= 50%"
+        );
+        let first = first_trial(&mut breaker).await;
+        let second = admitted(&mut breaker);
+        let _ = breaker.record(first, OK, now());
+        let _ = breaker.record(second, OK, now());
+        assert_eq!(
+            breaker.reason(now()),
+            "half-open: 2 of 5 trial calls succeeded"
+        );
+        assert_eq!(breaker.snapshot(now()).state, StateKind::HalfOpen);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_rate_disabled_above_one_is_not_mentioned() {
+        let mut breaker = Breaker::new(BreakerSettings {
+            minimum_calls: 1,
+            slow_call_rate_threshold: 1.01,
+            ..BreakerSettings::default()
+        });
+        for _ in 0..10 {
+            assert_eq!(call(&mut breaker, SLOW_OK), None);
+        }
+        assert_eq!(
+            breaker.reason(now()),
+            "failure rate 0% over the last 100 calls < 50%"
+        );
+    }
+
+    #[test]
+    fn percentages_round_but_never_contradict_the_comparison() {
+        assert_eq!(compare(62, 100, 0.5), (">=", "62%".into(), "50%".into()));
+        assert_eq!(compare(5, 8, 0.5), (">=", "63%".into(), "50%".into()));
+        assert_eq!(compare(50, 100, 0.5), (">=", "50%".into(), "50%".into()));
+        assert_eq!(compare(62, 125, 0.5), ("<", "49.6%".into(), "50.0%".into()));
+        assert_eq!(compare(62, 100, 0.62), (">=", "62%".into(), "62%".into()));
+        assert_eq!(compare(0, 0, 0.5), ("<", "0%".into(), "50%".into()));
+    }
+}
