@@ -1,4 +1,23 @@
-//! levee: a reverse proxy whose job is protecting the backends behind it.
+//! levee: a reverse proxy whose job is protecting the backends behind it — rate limits, circuit
+//! breakers, retries with budgets, outlier ejection — and explaining why it is protecting them.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod error;
 pub mod layers;
+pub mod lifecycle;
+pub mod logging;
+pub mod metrics;
+pub mod proxy;
+pub mod runtime;
+pub mod server;
+pub mod shared;
+pub mod snapshot;
+pub mod status;
+pub mod status_cli;
+pub mod tls;
+pub mod upstream;
+
+pub use runtime::{ConfigSource, Levee, StartError};

@@ -1,1 +1,151 @@
-fn main() {}
+//! The `levee` command line: run, check, demo, status.
+
+use clap::{Parser, Subcommand};
+use levee::logging::{self, LogFormat};
+use levee::{ConfigSource, Levee};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+const DEFAULT_CONFIG: &str = "/etc/levee/levee.toml";
+
+#[derive(Parser)]
+#[command(
+    name = "levee",
+    version,
+    about = "A reverse proxy that protects its backends"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Config file (same as `levee run --config FILE`).
+    #[arg(short, long, global = true)]
+    config: Option<PathBuf>,
+    /// Log filter, e.g. `info` or `info,levee::access=off` (overrides RUST_LOG).
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Runtime worker threads (default: number of CPUs).
+    #[arg(long, global = true, env = "LEVEE_WORKERS")]
+    workers: Option<usize>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run,
+    /// Parse and fully validate the config; bind nothing.
+    Check,
+    /// Run levee in front of two built-in demo backends.
+    Demo {
+        /// Proxy listener address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        bind: String,
+        /// Admin listener address.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: String,
+    },
+    /// Print the admin /status as a table.
+    Status {
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    match cli.command {
+        Some(Command::Check) => check(config),
+        Some(Command::Status { ref admin }) => levee::status_cli::run(admin),
+        Some(Command::Demo {
+            ref bind,
+            ref admin,
+        }) => {
+            logging::init(cli.log_level.as_deref(), cli.log_format);
+            let (bind, admin) = (bind.clone(), admin.clone());
+            run_async(
+                cli.workers,
+                async move { levee::demo::run(&bind, &admin).await },
+            )
+        }
+        Some(Command::Run) | None => {
+            logging::init(cli.log_level.as_deref(), cli.log_format);
+            run_async(
+                cli.workers,
+                async move { run(ConfigSource::File(config)).await },
+            )
+        }
+    }
+}
+
+fn check(config: PathBuf) -> ExitCode {
+    match levee::runtime::check(&ConfigSource::File(config.clone())) {
+        Ok(c) => {
+            println!(
+                "{}: ok ({} listeners, {} routes, {} upstreams)",
+                config.display(),
+                c.listeners.len(),
+                c.routes.len(),
+                c.upstreams.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for p in &errors.0 {
+                eprintln!("{p}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_async(workers: Option<usize>, fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    let workers = workers.filter(|w| *w > 0).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    // One worker: a current-thread runtime avoids cross-thread wakeups entirely.
+    let runtime = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+    };
+    match runtime {
+        Ok(rt) => rt.block_on(fut),
+        Err(e) => {
+            eprintln!("levee: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(source: ConfigSource) -> ExitCode {
+    let levee = match Levee::start(source).await {
+        Ok(l) => l,
+        Err(e) => {
+            for line in e.to_string().lines() {
+                tracing::error!("{line}");
+                eprintln!("{line}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    levee::lifecycle::notify_ready(&levee).await;
+    serve_until_signal(levee).await
+}
+
+/// Reloads on SIGHUP, drains on SIGTERM/SIGINT.
+pub async fn serve_until_signal(levee: Arc<Levee>) -> ExitCode {
+    levee::lifecycle::wait_for_signals(levee).await
+}

@@ -1,4 +1,204 @@
-//! Circuit breaker per upstream.
+//! Circuit breaker per upstream: when an upstream keeps failing, stop sending it traffic for a
+//! while so it can recover, instead of piling retries onto it. The state machine (closed → open →
+//! half-open) is pure and lives in [`state`]; this file is the plumbing around it: a lock, the
+//! clock, logging and metrics of transitions, and the tower service that asks before every call.
 
 pub mod state;
 pub mod window;
+
+use crate::error::ProxyError;
+use crate::metrics::{Metrics, TransitionLabels};
+use crate::proxy::call::{Call, CallFuture};
+use crate::upstream::Upstream;
+use parking_lot::Mutex;
+use state::{
+    Admission, Breaker, BreakerSettings, BreakerSnapshot, CallResult, StateKind, Ticket, Transition,
+};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::time::Instant;
+use tower::{Layer, Service};
+
+/// A shared breaker: one per upstream, used by every request to it.
+pub struct CircuitBreaker {
+    upstream: Arc<str>,
+    inner: Mutex<Breaker>,
+    metrics: Arc<Metrics>,
+}
+
+impl CircuitBreaker {
+    pub fn new(upstream: Arc<str>, settings: BreakerSettings, metrics: Arc<Metrics>) -> Self {
+        metrics
+            .circuit_state
+            .get_or_create(&crate::metrics::UpstreamLabel {
+                upstream: upstream.to_string(),
+            })
+            .set(0);
+        CircuitBreaker {
+            upstream,
+            inner: Mutex::new(Breaker::new(settings)),
+            metrics,
+        }
+    }
+
+    /// Asks to send one call; an open breaker answers 503 `circuit_open` at once.
+    pub fn admit(&self, now: Instant) -> Result<Ticket, ProxyError> {
+        let (admission, transition) = self.inner.lock().admit(now);
+        if let Some(t) = transition {
+            self.report(&t);
+        }
+        match admission {
+            Admission::Admitted(ticket) => Ok(ticket),
+            Admission::Rejected { retry_after } => Err(ProxyError::CircuitOpen { retry_after }),
+        }
+    }
+
+    pub fn record(&self, ticket: Ticket, result: CallResult, now: Instant) {
+        let transition = self.inner.lock().record(ticket, result, now);
+        if let Some(t) = transition {
+            self.report(&t);
+        }
+    }
+
+    pub fn cancel(&self, ticket: Ticket) {
+        self.inner.lock().cancel(ticket);
+    }
+
+    pub fn kind(&self, now: Instant) -> StateKind {
+        self.inner.lock().kind(now)
+    }
+
+    /// Why the breaker is in its state, in words (for `/status`).
+    pub fn reason(&self, now: Instant) -> String {
+        self.inner.lock().reason(now)
+    }
+
+    pub fn snapshot(&self, now: Instant) -> BreakerSnapshot {
+        self.inner.lock().snapshot(now)
+    }
+
+    fn report(&self, t: &Transition) {
+        tracing::info!(
+            upstream = %self.upstream,
+            from = t.from.as_str(),
+            to = t.to.as_str(),
+            reason = %t.reason,
+            "circuit breaker {} -> {}: {}",
+            t.from.as_str(),
+            t.to.as_str(),
+            t.reason
+        );
+        let upstream = self.upstream.to_string();
+        self.metrics
+            .circuit_transitions
+            .get_or_create(&TransitionLabels {
+                upstream: upstream.clone(),
+                from: t.from.as_str(),
+                to: t.to.as_str(),
+            })
+            .inc();
+        self.metrics
+            .circuit_state
+            .get_or_create(&crate::metrics::UpstreamLabel { upstream })
+            .set(t.to.gauge());
+    }
+}
+
+/// Returns an admitted ticket unused if the call is dropped (the client went away), so a
+/// half-open trial slot is never leaked and a client abort never counts against the upstream.
+struct TicketGuard<'a> {
+    breaker: &'a CircuitBreaker,
+    ticket: Option<Ticket>,
+}
+
+impl Drop for TicketGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(t) = self.ticket.take() {
+            self.breaker.cancel(t);
+        }
+    }
+}
+
+/// Adds the upstream's breaker in front of `S`.
+#[derive(Clone)]
+pub struct BreakerLayer {
+    upstream: Arc<Upstream>,
+}
+
+impl BreakerLayer {
+    pub fn new(upstream: Arc<Upstream>) -> Self {
+        BreakerLayer { upstream }
+    }
+}
+
+impl<S> Layer<S> for BreakerLayer {
+    type Service = BreakerService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        BreakerService {
+            upstream: self.upstream.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct BreakerService<S> {
+    upstream: Arc<Upstream>,
+    inner: S,
+}
+
+impl<S> Service<Call> for BreakerService<S>
+where
+    S: Service<
+            Call,
+            Response = crate::proxy::call::Answer,
+            Error = ProxyError,
+            Future = CallFuture,
+        > + Clone
+        + Send
+        + 'static,
+{
+    type Response = crate::proxy::call::Answer;
+    type Error = ProxyError;
+    type Future = CallFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: Call) -> CallFuture {
+        let upstream = self.upstream.clone();
+        let mut inner = self.inner.clone();
+        Box::pin(async move {
+            let breaker = &upstream.breaker;
+            let ticket = breaker.admit(Instant::now())?;
+            let mut guard = TicketGuard {
+                breaker,
+                ticket: Some(ticket),
+            };
+            let started = Instant::now();
+            let result = inner.call(call).await;
+            let failed = match &result {
+                Ok(answer) => upstream
+                    .config
+                    .breaker
+                    .is_failure_status(answer.resp.status().as_u16()),
+                Err(e) if e.is_upstream_failure() => true,
+                // Refused before reaching the upstream (limits) or the client's fault: no verdict.
+                Err(_) => return result,
+            };
+            if let Some(ticket) = guard.ticket.take() {
+                let now = Instant::now();
+                breaker.record(
+                    ticket,
+                    CallResult {
+                        failed,
+                        elapsed: now - started,
+                    },
+                    now,
+                );
+            }
+            result
+        })
+    }
+}

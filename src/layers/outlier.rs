@@ -1,3 +1,100 @@
-//! Passive outlier detection per endpoint.
+//! Passive outlier detection per endpoint: the answers real traffic gets are the health check.
+//! An endpoint that keeps failing is ejected from the pool for a while (longer each time), so one
+//! bad instance cannot keep failing a share of requests. The policy is in [`ejection`].
 
 pub mod ejection;
+
+use crate::error::ProxyError;
+use crate::proxy::call::{Answer, Call, CallFuture};
+use crate::upstream::Upstream;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::time::Instant;
+use tower::{Layer, Service};
+
+#[derive(Clone)]
+pub struct OutlierLayer {
+    upstream: Arc<Upstream>,
+}
+
+impl OutlierLayer {
+    pub fn new(upstream: Arc<Upstream>) -> Self {
+        OutlierLayer { upstream }
+    }
+}
+
+impl<S> Layer<S> for OutlierLayer {
+    type Service = OutlierService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        OutlierService {
+            upstream: self.upstream.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct OutlierService<S> {
+    upstream: Arc<Upstream>,
+    inner: S,
+}
+
+impl<S> Service<Call> for OutlierService<S>
+where
+    S: Service<Call, Response = Answer, Error = ProxyError, Future = CallFuture>
+        + Clone
+        + Send
+        + 'static,
+{
+    type Response = Answer;
+    type Error = ProxyError;
+    type Future = CallFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: Call) -> CallFuture {
+        let upstream = self.upstream.clone();
+        let mut inner = self.inner.clone();
+        Box::pin(async move {
+            let endpoint = call.endpoint;
+            let result = inner.call(call).await;
+            let failed = match &result {
+                Ok(a) => upstream
+                    .config
+                    .breaker
+                    .is_failure_status(a.resp.status().as_u16()),
+                Err(e) if e.is_upstream_failure() => true,
+                Err(_) => return result,
+            };
+            if let Some(ep) = upstream.endpoints.get(endpoint) {
+                ep.requests.fetch_add(1, Ordering::Relaxed);
+                if failed {
+                    ep.failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if let Some(ev) = upstream.outlier.record(endpoint, failed, Instant::now()) {
+                let address = upstream
+                    .endpoints
+                    .get(endpoint)
+                    .map(|e| e.address.as_str())
+                    .unwrap_or("?");
+                tracing::warn!(
+                    upstream = %upstream.name,
+                    endpoint = address,
+                    times_ejected = ev.times_ejected,
+                    reason = %ev.reason,
+                    "outlier detection ejected endpoint {address} for {:?}: {}",
+                    ev.until.saturating_duration_since(Instant::now()),
+                    ev.reason
+                );
+                if let Some(c) = upstream.metrics.ejections.get(endpoint) {
+                    c.inc();
+                }
+            }
+            result
+        })
+    }
+}

@@ -1,4 +1,228 @@
-//! Retries with a budget.
+//! Retries per route. A retry turns a transient failure (a refused connection, a reset, a
+//! gateway error) into a success, but during an outage every retry is extra load on a backend that
+//! is already down. So retries here are bounded three ways: `attempts` per request, a retry
+//! [`budget`] per route (a share of recent traffic), and the breaker (an open circuit is never
+//! retried). Backoff between tries is exponential with full jitter ([`backoff`]), and each retry
+//! prefers a different endpoint than the one that just failed.
+//!
+//! Only idempotent requests are retried, and only when their body was small enough to keep a
+//! copy (`max_retry_body`); larger bodies stream straight through and are sent once.
 
 pub mod backoff;
 pub mod budget;
+
+use crate::config::RetryConfig;
+use crate::error::ProxyError;
+use crate::metrics::RouteMetrics;
+use crate::proxy::body::RequestBody;
+use crate::proxy::call::{Answer, Call, CallFuture};
+use backoff::Backoff;
+use budget::RetryBudget;
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Limited};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::Instant;
+use tower::{Layer, Service};
+
+/// How long deposits count towards the budget.
+const BUDGET_TTL: Duration = Duration::from_secs(10);
+
+/// A route's retry policy and budget; the budget survives reloads that keep the policy.
+pub struct RetryPolicy {
+    pub config: RetryConfig,
+    pub budget: RetryBudget,
+    backoff: Backoff,
+}
+
+impl RetryPolicy {
+    pub fn new(config: &RetryConfig) -> Self {
+        RetryPolicy {
+            budget: RetryBudget::new(
+                config.budget_ratio,
+                config.budget_min_per_sec,
+                BUDGET_TTL,
+                Instant::now(),
+            ),
+            backoff: Backoff {
+                base: config.backoff_base,
+                max: config.backoff_max,
+            },
+            config: config.clone(),
+        }
+    }
+
+    /// Whether this outcome is worth another try under the configured `on` conditions.
+    fn should_retry(&self, result: &Result<Answer, ProxyError>, idempotent: bool) -> bool {
+        let on = &self.config.on;
+        match result {
+            Ok(a) => {
+                let s = a.resp.status().as_u16();
+                idempotent
+                    && ((on.gateway_error && matches!(s, 502..=504))
+                        || (on.retriable_status && self.config.retriable_statuses.contains(&s)))
+            }
+            Err(ProxyError::UpstreamConnect(_)) => on.connect_failure || on.gateway_error,
+            Err(ProxyError::UpstreamReset(_)) | Err(ProxyError::UpstreamTimeout) => {
+                idempotent && (on.reset || on.gateway_error)
+            }
+            // Another endpoint may have room or be back; the breaker's verdict is final.
+            Err(ProxyError::Overloaded) | Err(ProxyError::NoHealthyEndpoint { .. }) => false,
+            Err(e) => e.is_retryable() && idempotent,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RetryLayer {
+    policy: Arc<RetryPolicy>,
+    metrics: RouteMetrics,
+}
+
+impl RetryLayer {
+    pub fn new(policy: Arc<RetryPolicy>, metrics: RouteMetrics) -> Self {
+        RetryLayer { policy, metrics }
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = RetryService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RetryService {
+            policy: self.policy.clone(),
+            metrics: self.metrics.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RetryService<S> {
+    policy: Arc<RetryPolicy>,
+    metrics: RouteMetrics,
+    inner: S,
+}
+
+/// Buffers a small body so it can be sent again; leaves large or unknown-size bodies streaming.
+async fn make_replayable(
+    req: Request<RequestBody>,
+    limit: u64,
+) -> Result<Request<RequestBody>, ProxyError> {
+    let (parts, body) = req.into_parts();
+    let body = match body {
+        RequestBody::Stream { body, remaining } => {
+            let declared = http_body::Body::size_hint(&body).exact();
+            if http_body::Body::is_end_stream(&body) {
+                RequestBody::Full(None)
+            } else if declared.is_some_and(|n| n <= limit) {
+                let collected = Limited::new(body, limit as usize)
+                    .collect()
+                    .await
+                    .map_err(|_| ProxyError::BadRequest("client request body ended early"))?;
+                let bytes: Bytes = collected.to_bytes();
+                if remaining.is_some_and(|r| bytes.len() as u64 > r) {
+                    return Err(ProxyError::BodyTooLarge);
+                }
+                RequestBody::Full(Some(bytes))
+            } else {
+                RequestBody::Stream { body, remaining }
+            }
+        }
+        full => full,
+    };
+    Ok(Request::from_parts(parts, body))
+}
+
+fn clone_request(req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
+    let body = req.body().try_clone()?;
+    let mut r = Request::new(body);
+    *r.method_mut() = req.method().clone();
+    *r.uri_mut() = req.uri().clone();
+    *r.version_mut() = req.version();
+    *r.headers_mut() = req.headers().clone();
+    Some(r)
+}
+
+impl<S> Service<Call> for RetryService<S>
+where
+    S: Service<Call, Response = Answer, Error = ProxyError, Future = CallFuture>
+        + Clone
+        + Send
+        + 'static,
+{
+    type Response = Answer;
+    type Error = ProxyError;
+    type Future = CallFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut call: Call) -> CallFuture {
+        let policy = self.policy.clone();
+        let metrics = self.metrics.clone();
+        let mut inner = self.inner.clone();
+        Box::pin(async move {
+            let now = Instant::now();
+            policy.budget.deposit(now);
+            let idempotent = call.is_idempotent();
+            if idempotent && policy.config.attempts > 1 {
+                call.req = make_replayable(call.req, policy.config.max_retry_body).await?;
+            }
+            let overall = call.deadline;
+            let picked = Arc::new(AtomicUsize::new(usize::MAX));
+            let mut attempt = 1;
+            loop {
+                let spare = if attempt < policy.config.attempts {
+                    clone_request(&call.req)
+                } else {
+                    None
+                };
+                let try_deadline = match policy.config.per_try_timeout {
+                    Some(t) => overall.min(Instant::now() + t),
+                    None => overall,
+                };
+                let next = Call {
+                    req: call.req,
+                    client_ip: call.client_ip,
+                    deadline: try_deadline,
+                    endpoint: call.endpoint,
+                    avoid: call.avoid,
+                    picked: Some(picked.clone()),
+                };
+                let result = inner.call(next).await;
+                let Some(req) = spare else { return result };
+                if !policy.should_retry(&result, idempotent) {
+                    return result;
+                }
+                let now = Instant::now();
+                if !policy.budget.withdraw(now) {
+                    metrics.budget_exhausted.inc();
+                    tracing::debug!("retry budget exhausted; returning the failure");
+                    return result;
+                }
+                let delay = policy.backoff.delay(attempt);
+                if now + delay >= overall {
+                    return result;
+                }
+                let failed_on = Some(picked.load(Ordering::Relaxed)).filter(|i| *i != usize::MAX);
+                // Release the failed response (and its connection) before waiting.
+                drop(result);
+                tokio::time::sleep(delay).await;
+                metrics.retries.inc();
+                attempt += 1;
+                call = Call {
+                    req,
+                    client_ip: call.client_ip,
+                    deadline: overall,
+                    endpoint: 0,
+                    avoid: failed_on.or(call.avoid),
+                    picked: None,
+                };
+            }
+        })
+    }
+}

@@ -1,0 +1,127 @@
+//! The admin listener: `/healthz`, `/ready`, `/metrics`, `/status`, `POST /reload`.
+//! It binds loopback by default; actions that change traffic are refused on other addresses
+//! unless `[admin] allow_actions = true`.
+
+use crate::runtime::Levee;
+use crate::shared::Shared;
+use crate::status;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use tokio::net::TcpListener;
+
+pub fn spawn(listener: TcpListener, shared: Arc<Shared>, levee: Weak<Levee>) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "admin listening");
+    }
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if levee.strong_count() == 0 {
+                return;
+            }
+            let shared = shared.clone();
+            let levee = levee.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| serve(shared.clone(), levee.clone(), req));
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .http1_only()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+}
+
+fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+async fn serve(
+    shared: Arc<Shared>,
+    levee: Weak<Levee>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    const PLAIN: &str = "text/plain; charset=utf-8";
+    const JSON: &str = "application/json";
+    let resp = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, PLAIN, "ok\n"),
+        (&Method::GET, "/ready") => {
+            if shared.ready.load(Ordering::Acquire) {
+                text(StatusCode::OK, PLAIN, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "not ready\n")
+            }
+        }
+        (&Method::GET, "/metrics") => text(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            shared.metrics.encode(),
+        ),
+        (&Method::GET, "/status") => {
+            text(StatusCode::OK, JSON, status::render(&shared).to_string())
+        }
+        (&Method::POST, "/reload") => {
+            let snapshot = shared.snapshot.load();
+            let admin = &snapshot.config.admin;
+            if !(admin.bind.ip().is_loopback() || admin.allow_actions) {
+                text(
+                    StatusCode::FORBIDDEN,
+                    PLAIN,
+                    "reload over a non-loopback admin listener needs [admin] allow_actions = true\n",
+                )
+            } else {
+                match levee.upgrade() {
+                    None => text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "shutting down\n"),
+                    Some(levee) => match levee.reload().await {
+                        Ok(version) => text(
+                            StatusCode::OK,
+                            JSON,
+                            serde_json::json!({ "ok": true, "version": version }).to_string(),
+                        ),
+                        Err(e) => text(
+                            StatusCode::BAD_REQUEST,
+                            JSON,
+                            serde_json::json!({
+                                "ok": false,
+                                "errors": e.0.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+                            })
+                            .to_string(),
+                        ),
+                    },
+                }
+            }
+        }
+        (_, "/healthz" | "/ready" | "/metrics" | "/status") => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            PLAIN,
+            "method not allowed\n",
+        ),
+        (_, "/reload") => text(StatusCode::METHOD_NOT_ALLOWED, PLAIN, "use POST /reload\n"),
+        _ => text(StatusCode::NOT_FOUND, PLAIN, "not found\n"),
+    };
+    Ok(resp)
+}

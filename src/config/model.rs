@@ -1,0 +1,255 @@
+//! The validated config: every default filled in, every reference checked. `Snapshot::build`
+//! compiles this into runtime state; equality on these types decides what a reload carries over.
+
+use crate::layers::breaker::state::BreakerSettings;
+use crate::layers::outlier::ejection::OutlierSettings;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A complete, valid configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub admin: AdminConfig,
+    pub listeners: Vec<ListenerConfig>,
+    pub routes: Vec<RouteConfig>,
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Hash of the file's bytes, shown in `/status` so operators can tell which file is live.
+    pub hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    pub bind: SocketAddr,
+    pub watch: bool,
+    pub allow_actions: bool,
+    pub drain_timeout: Duration,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            watch: false,
+            allow_actions: false,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_connections: usize,
+    pub http2_max_concurrent_streams: u32,
+    pub trusted_proxies: Vec<Cidr>,
+    pub tls: Option<ListenerTls>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerTls {
+    pub certificates: Vec<CertificateConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertificateConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub server_names: Vec<String>,
+}
+
+/// An IP network in CIDR notation, for `trusted_proxies`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (ip, prefix) = match s.split_once('/') {
+            Some((ip, p)) => (ip, Some(p)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = ip
+            .parse()
+            .map_err(|_| format!(r#"invalid IP network "{s}": write it like "10.0.0.0/8""#))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!(r#"invalid prefix length in "{s}": 0..={max}"#))?,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr::*;
+        let ip = match ip {
+            V6(v6) => v6.to_ipv4_mapped().map(V4).unwrap_or(V6(v6)),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (V4(net), V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (V6(net), V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    pub name: String,
+    pub host: Option<String>,
+    pub path_prefix: String,
+    pub upstream: String,
+    pub timeout: Duration,
+    pub max_body: Option<u64>,
+    pub retry: Option<RetryConfig>,
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// Which failures a retry may follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetryOn {
+    pub connect_failure: bool,
+    pub reset: bool,
+    pub gateway_error: bool,
+    pub retriable_status: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryConfig {
+    /// Total tries including the first.
+    pub attempts: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub budget_ratio: f64,
+    pub budget_min_per_sec: u32,
+    pub on: RetryOn,
+    pub retriable_statuses: Vec<u16>,
+    pub max_retry_body: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitKey {
+    Global,
+    ClientIp,
+    Header(http::HeaderName),
+}
+
+impl RateLimitKey {
+    pub fn describe(&self) -> String {
+        match self {
+            RateLimitKey::Global => "global".into(),
+            RateLimitKey::ClientIp => "client_ip".into(),
+            RateLimitKey::Header(h) => format!("header:{h}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimitScope {
+    Local,
+    Global,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitConfig {
+    pub rps: f64,
+    pub burst: u32,
+    pub key: RateLimitKey,
+    pub scope: RateLimitScope,
+    pub max_keys: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    P2c,
+    RoundRobin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    H2,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamTls {
+    pub ca: Option<PathBuf>,
+    pub server_name: Option<String>,
+    pub insecure_skip_verify: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamConfig {
+    pub name: String,
+    /// `host:port` strings, as written; the connector resolves names.
+    pub endpoints: Vec<String>,
+    pub balance: Balance,
+    pub connect_timeout: Duration,
+    pub protocol: UpstreamProtocol,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_endpoint: usize,
+    pub tls: Option<UpstreamTls>,
+    pub breaker: BreakerConfig,
+    pub outlier: OutlierSettings,
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+/// The breaker's state-machine settings plus the limits and failure definition around it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerConfig {
+    pub settings: BreakerSettings,
+    pub max_concurrent_requests: u32,
+    pub max_pending: u32,
+    /// Inclusive status ranges that count as failures.
+    pub failure_statuses: Vec<(u16, u16)>,
+}
+
+impl BreakerConfig {
+    pub fn is_failure_status(&self, status: u16) -> bool {
+        self.failure_statuses
+            .iter()
+            .any(|(lo, hi)| (*lo..=*hi).contains(&status))
+    }
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            settings: BreakerSettings::default(),
+            max_concurrent_requests: 1024,
+            max_pending: 1024,
+            failure_statuses: vec![(500, 599)],
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckConfig {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}

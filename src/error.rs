@@ -1,0 +1,169 @@
+//! Every answer levee makes itself, in one place. Each failure is a [`ProxyError`] variant; its
+//! status, `x-levee-error` kind and extra headers come from exhaustive matches below, so adding a
+//! variant without deciding how it looks to a client does not compile.
+
+use crate::proxy::body::ResponseBody;
+use http::{header, HeaderValue, Response, StatusCode};
+use std::time::Duration;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where a failure came from, as Pingora's errors record it: the retry policy and the breaker ask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client sent something wrong, or too much, too fast.
+    Downstream,
+    /// The upstream failed to connect, answer or finish.
+    Upstream,
+    /// levee itself refused to forward (breaker, limits), to protect the upstream.
+    Protective,
+}
+
+/// A failure levee answers for instead of the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route matches this request")]
+    NoRoute,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("malformed request: {0}")]
+    BadRequest(&'static str),
+    #[error("request headers too large")]
+    HeadersTooLarge,
+    #[error("request body too large")]
+    BodyTooLarge,
+    #[error("rate limit exceeded")]
+    RateLimited {
+        retry_after: Duration,
+        /// The IETF `ratelimit` and `ratelimit-policy` header values.
+        ratelimit: Option<(HeaderValue, HeaderValue)>,
+    },
+    #[error("circuit breaker for upstream is open")]
+    CircuitOpen { retry_after: Duration },
+    #[error("every endpoint of the upstream is ejected or unhealthy")]
+    NoHealthyEndpoint { retry_after: Duration },
+    #[error("upstream concurrency limit reached")]
+    Overloaded,
+    #[error("cannot connect to upstream: {0}")]
+    UpstreamConnect(BoxError),
+    #[error("upstream connection reset: {0}")]
+    UpstreamReset(BoxError),
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoHealthyEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamConnect(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamReset(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The `x-levee-error` value, part of the public contract.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "no_route",
+            ProxyError::MethodNotAllowed => "method_not_allowed",
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::HeadersTooLarge => "headers_too_large",
+            ProxyError::BodyTooLarge => "body_too_large",
+            ProxyError::RateLimited { .. } => "rate_limited",
+            ProxyError::CircuitOpen { .. } => "circuit_open",
+            ProxyError::NoHealthyEndpoint { .. } => "no_healthy_endpoint",
+            ProxyError::Overloaded => "overloaded",
+            ProxyError::UpstreamConnect(_) => "upstream_connect",
+            ProxyError::UpstreamReset(_) => "upstream_reset",
+            ProxyError::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+
+    pub fn side(&self) -> Side {
+        match self {
+            ProxyError::NoRoute
+            | ProxyError::MethodNotAllowed
+            | ProxyError::BadRequest(_)
+            | ProxyError::HeadersTooLarge
+            | ProxyError::BodyTooLarge
+            | ProxyError::RateLimited { .. } => Side::Downstream,
+            ProxyError::CircuitOpen { .. }
+            | ProxyError::NoHealthyEndpoint { .. }
+            | ProxyError::Overloaded => Side::Protective,
+            ProxyError::UpstreamConnect(_)
+            | ProxyError::UpstreamReset(_)
+            | ProxyError::UpstreamTimeout => Side::Upstream,
+        }
+    }
+
+    /// Whether the upstream's health should be charged with this failure (breaker, ejection).
+    pub fn is_upstream_failure(&self) -> bool {
+        self.side() == Side::Upstream
+    }
+
+    /// Whether another try could succeed without the first having had side effects upstream.
+    /// A connect failure never reached the upstream; a reset or timeout may have, so those are
+    /// retried only for idempotent requests (the retry layer checks the method).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ProxyError::UpstreamConnect(_)
+            | ProxyError::UpstreamReset(_)
+            | ProxyError::UpstreamTimeout
+            | ProxyError::NoHealthyEndpoint { .. }
+            | ProxyError::Overloaded => true,
+            ProxyError::NoRoute
+            | ProxyError::MethodNotAllowed
+            | ProxyError::BadRequest(_)
+            | ProxyError::HeadersTooLarge
+            | ProxyError::BodyTooLarge
+            | ProxyError::RateLimited { .. }
+            | ProxyError::CircuitOpen { .. } => false,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ProxyError::RateLimited { retry_after, .. }
+            | ProxyError::CircuitOpen { retry_after }
+            | ProxyError::NoHealthyEndpoint { retry_after } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    /// The one place a failure becomes an HTTP answer.
+    pub fn into_response(self) -> Response<ResponseBody> {
+        let status = self.status();
+        let body = format!("{}: {}\n", status.as_u16(), self);
+        let mut resp = Response::new(ResponseBody::full(body));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert("x-levee-error", HeaderValue::from_static(self.kind()));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if let Some(after) = self.retry_after() {
+            // Whole seconds, rounded up: "0" would invite an immediate retry into the same wall.
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        if let ProxyError::RateLimited {
+            ratelimit: Some((limit, policy)),
+            ..
+        } = self
+        {
+            h.insert("ratelimit", limit);
+            h.insert("ratelimit-policy", policy);
+        }
+        resp
+    }
+}

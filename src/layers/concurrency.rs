@@ -1,0 +1,143 @@
+//! Concurrency limits per upstream, like Envoy's circuit-breaker thresholds: at most
+//! `max_concurrent_requests` in flight, at most `max_pending` more waiting for a slot; beyond that
+//! levee answers 503 `overloaded` at once. A queue that can grow without bound only converts an
+//! upstream's slowness into levee's memory and everyone's latency.
+
+use crate::error::ProxyError;
+use crate::proxy::call::{Answer, Call, CallFuture};
+use crate::upstream::Upstream;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::sync::Semaphore;
+use tower::{Layer, Service};
+
+/// Slots for requests in flight to one upstream, and a bounded number of waiters.
+pub struct ConcurrencyLimit {
+    slots: Arc<Semaphore>,
+    max: u32,
+    pending: AtomicU32,
+    max_pending: u32,
+}
+
+impl ConcurrencyLimit {
+    pub fn new(max_concurrent: u32, max_pending: u32) -> Self {
+        ConcurrencyLimit {
+            slots: Arc::new(Semaphore::new(max_concurrent as usize)),
+            max: max_concurrent,
+            pending: AtomicU32::new(0),
+            max_pending,
+        }
+    }
+
+    /// Requests holding a slot now.
+    pub fn active(&self) -> u32 {
+        self.max
+            .saturating_sub(self.slots.available_permits() as u32)
+    }
+
+    pub fn pending(&self) -> u32 {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Waits for a slot if there is room in the queue; the caller's deadline bounds the wait.
+    async fn acquire(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ProxyError> {
+        if let Ok(p) = self.slots.clone().try_acquire_owned() {
+            return Ok(p);
+        }
+        if self.pending.fetch_add(1, Ordering::AcqRel) >= self.max_pending {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            return Err(ProxyError::Overloaded);
+        }
+        struct Pending<'a>(&'a AtomicU32);
+        impl Drop for Pending<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let _pending = Pending(&self.pending);
+        self.slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ProxyError::Overloaded)
+    }
+}
+
+#[derive(Clone)]
+pub struct ConcurrencyLayer {
+    upstream: Arc<Upstream>,
+}
+
+impl ConcurrencyLayer {
+    pub fn new(upstream: Arc<Upstream>) -> Self {
+        ConcurrencyLayer { upstream }
+    }
+}
+
+impl<S> Layer<S> for ConcurrencyLayer {
+    type Service = ConcurrencyService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        ConcurrencyService {
+            upstream: self.upstream.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct ConcurrencyService<S> {
+    upstream: Arc<Upstream>,
+    inner: S,
+}
+
+impl<S> Service<Call> for ConcurrencyService<S>
+where
+    S: Service<Call, Response = Answer, Error = ProxyError, Future = CallFuture>
+        + Clone
+        + Send
+        + 'static,
+{
+    type Response = Answer;
+    type Error = ProxyError;
+    type Future = CallFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: Call) -> CallFuture {
+        let upstream = self.upstream.clone();
+        let mut inner = self.inner.clone();
+        Box::pin(async move {
+            let deadline = call.deadline;
+            let permit = tokio::time::timeout_at(deadline, upstream.concurrency.acquire())
+                .await
+                .map_err(|_| ProxyError::Overloaded)??;
+            let result = inner.call(call).await;
+            drop(permit);
+            result
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn refuses_beyond_pending() {
+        let limit = Arc::new(ConcurrencyLimit::new(1, 1));
+        let held = limit.acquire().await.unwrap();
+        assert_eq!(limit.active(), 1);
+        let l2 = limit.clone();
+        let waiter = tokio::spawn(async move { l2.acquire().await.map(|_| ()) });
+        while limit.pending() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(limit.acquire().await, Err(ProxyError::Overloaded)));
+        drop(held);
+        assert!(waiter.await.unwrap().is_ok());
+        assert_eq!(limit.pending(), 0);
+    }
+}

@@ -1,0 +1,287 @@
+//! Prometheus metrics. Handles for each route and upstream are resolved once when a snapshot is
+//! built, so the request path bumps atomics instead of hashing label sets.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub upstream: String,
+    pub class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabel {
+    pub upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub upstream: String,
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    pub upstream: String,
+    pub from: &'static str,
+    pub to: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5ms .. ~33s: proxies see both cache hits and stuck backends.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0005, 2.0, 17,
+    ))
+}
+
+/// Every metric levee exports.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    pub upstream_duration: Family<UpstreamLabel, Histogram, fn() -> Histogram>,
+    pub in_flight: Gauge,
+    pub circuit_state: Family<UpstreamLabel, Gauge>,
+    pub circuit_transitions: Family<TransitionLabels, Counter>,
+    pub retries: Family<RouteLabel, Counter>,
+    pub retry_budget_exhausted: Family<RouteLabel, Counter>,
+    pub rate_limited: Family<RouteLabel, Counter>,
+    pub ejections: Family<EndpointLabels, Counter>,
+    pub endpoint_healthy: Family<EndpointLabels, Gauge>,
+    pub proxy_errors: Family<KindLabel, Counter>,
+    pub reloads: Family<ResultLabel, Counter>,
+    pub config_version: Gauge,
+    pub connections: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("levee");
+        let m = Metrics {
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(latency_histogram),
+            upstream_duration: Family::new_with_constructor(latency_histogram),
+            in_flight: Gauge::default(),
+            circuit_state: Family::default(),
+            circuit_transitions: Family::default(),
+            retries: Family::default(),
+            retry_budget_exhausted: Family::default(),
+            rate_limited: Family::default(),
+            ejections: Family::default(),
+            endpoint_healthy: Family::default(),
+            proxy_errors: Family::default(),
+            reloads: Family::default(),
+            config_version: Gauge::default(),
+            connections: Gauge::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "requests",
+            "Requests answered, by route, upstream and status class",
+            m.requests.clone(),
+        );
+        r.register_with_unit(
+            "request_duration",
+            "Time from request to response headers, by route",
+            Unit::Seconds,
+            m.request_duration.clone(),
+        );
+        r.register_with_unit(
+            "upstream_request_duration",
+            "Time an upstream took to answer, by upstream",
+            Unit::Seconds,
+            m.upstream_duration.clone(),
+        );
+        r.register(
+            "in_flight_requests",
+            "Requests being proxied now",
+            m.in_flight.clone(),
+        );
+        r.register(
+            "circuit_state",
+            "Circuit breaker state per upstream: 0 closed, 1 open, 2 half-open",
+            m.circuit_state.clone(),
+        );
+        r.register(
+            "circuit_transitions",
+            "Circuit breaker state changes, by upstream, from and to",
+            m.circuit_transitions.clone(),
+        );
+        r.register("retries", "Retries sent, by route", m.retries.clone());
+        r.register(
+            "retry_budget_exhausted",
+            "Retries not sent because the retry budget was spent, by route",
+            m.retry_budget_exhausted.clone(),
+        );
+        r.register(
+            "rate_limited",
+            "Requests refused with 429, by route",
+            m.rate_limited.clone(),
+        );
+        r.register(
+            "endpoint_ejections",
+            "Endpoints ejected by outlier detection",
+            m.ejections.clone(),
+        );
+        r.register(
+            "endpoint_healthy",
+            "Endpoint health: 1 receiving traffic, 0 ejected or failing health checks",
+            m.endpoint_healthy.clone(),
+        );
+        r.register(
+            "proxy_errors",
+            "Answers levee made itself, by x-levee-error kind",
+            m.proxy_errors.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "Config reload attempts, by result (success, failure)",
+            m.reloads.clone(),
+        );
+        r.register(
+            "config_version",
+            "Version of the running config, +1 per successful reload",
+            m.config_version.clone(),
+        );
+        r.register(
+            "open_connections",
+            "Client connections open now",
+            m.connections.clone(),
+        );
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        r.register("build_info", "levee build; always 1", build);
+        Metrics { registry, ..m }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    pub fn proxy_error(&self, kind: &'static str) {
+        self.proxy_errors.get_or_create(&KindLabel { kind }).inc();
+    }
+}
+
+/// Status class label for a status code.
+pub fn status_class(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
+pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// A route's metric handles, resolved once per snapshot.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    pub requests: [Counter; 5],
+    pub duration: Histogram,
+    pub retries: Counter,
+    pub budget_exhausted: Counter,
+    pub rate_limited: Counter,
+}
+
+impl RouteMetrics {
+    pub fn new(m: &Metrics, route: &str, upstream: &str) -> Self {
+        let label = RouteLabel {
+            route: route.to_string(),
+        };
+        RouteMetrics {
+            requests: CLASSES.map(|class| {
+                m.requests
+                    .get_or_create(&RequestLabels {
+                        route: route.to_string(),
+                        upstream: upstream.to_string(),
+                        class,
+                    })
+                    .clone()
+            }),
+            duration: m.request_duration.get_or_create(&label).clone(),
+            retries: m.retries.get_or_create(&label).clone(),
+            budget_exhausted: m.retry_budget_exhausted.get_or_create(&label).clone(),
+            rate_limited: m.rate_limited.get_or_create(&label).clone(),
+        }
+    }
+}
+
+/// An upstream's metric handles.
+#[derive(Clone)]
+pub struct UpstreamMetrics {
+    pub name: String,
+    pub duration: Histogram,
+    pub circuit_state: Gauge,
+    pub ejections: Vec<Counter>,
+    pub healthy: Vec<Gauge>,
+}
+
+impl UpstreamMetrics {
+    pub fn new(m: &Metrics, upstream: &str, endpoints: &[String]) -> Self {
+        let label = UpstreamLabel {
+            upstream: upstream.to_string(),
+        };
+        let ep = |e: &String| EndpointLabels {
+            upstream: upstream.to_string(),
+            endpoint: e.clone(),
+        };
+        UpstreamMetrics {
+            name: upstream.to_string(),
+            duration: m.upstream_duration.get_or_create(&label).clone(),
+            circuit_state: m.circuit_state.get_or_create(&label).clone(),
+            ejections: endpoints
+                .iter()
+                .map(|e| m.ejections.get_or_create(&ep(e)).clone())
+                .collect(),
+            healthy: endpoints
+                .iter()
+                .map(|e| m.endpoint_healthy.get_or_create(&ep(e)).clone())
+                .collect(),
+        }
+    }
+}

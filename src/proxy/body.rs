@@ -1,0 +1,187 @@
+//! Bodies as they flow through levee: streamed by default, buffered only when small enough to
+//! replay on a retry, and counted on the way out for the access log.
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+/// Error type of request bodies: the client's stream failed, or it outgrew `max_body`.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    #[error("client body: {0}")]
+    Client(#[from] hyper::Error),
+    #[error("request body exceeds the route's max_body")]
+    TooLarge,
+}
+
+/// A request body on its way upstream.
+#[derive(Debug)]
+pub enum RequestBody {
+    /// Fully buffered (or empty): can be sent again on a retry.
+    Full(Option<Bytes>),
+    /// Streamed from the client as it arrives; `remaining` enforces `max_body` on chunked bodies.
+    Stream {
+        body: Incoming,
+        remaining: Option<u64>,
+    },
+}
+
+impl RequestBody {
+    pub fn empty() -> Self {
+        RequestBody::Full(None)
+    }
+
+    /// A copy for another attempt, if this body can be replayed.
+    pub fn try_clone(&self) -> Option<RequestBody> {
+        match self {
+            RequestBody::Full(b) => Some(RequestBody::Full(b.clone())),
+            RequestBody::Stream { .. } => None,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
+        match self.get_mut() {
+            RequestBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            RequestBody::Stream { body, remaining } => {
+                let frame = ready!(Pin::new(body).poll_frame(cx));
+                if let (Some(Ok(f)), Some(left)) = (&frame, remaining.as_mut()) {
+                    if let Some(data) = f.data_ref() {
+                        let n = data.len() as u64;
+                        if n > *left {
+                            return Poll::Ready(Some(Err(RequestBodyError::TooLarge)));
+                        }
+                        *left -= n;
+                    }
+                }
+                Poll::Ready(frame.map(|r| r.map_err(RequestBodyError::from)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Full(b) => b.is_none(),
+            RequestBody::Stream { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            RequestBody::Full(None) => SizeHint::with_exact(0),
+            RequestBody::Stream { body, .. } => body.size_hint(),
+        }
+    }
+}
+
+/// Called once when a response body has been fully sent or abandoned: the access log hook.
+pub trait OnComplete: Send + Sync + 'static {
+    fn complete(&mut self, bytes: u64, finished: bool);
+}
+
+/// A response body on its way to the client.
+pub struct ResponseBody {
+    inner: ResponseInner,
+    sent: u64,
+    done: bool,
+    on_complete: Option<Box<dyn OnComplete>>,
+}
+
+enum ResponseInner {
+    Upstream(Incoming),
+    Full(Option<Bytes>),
+}
+
+impl ResponseBody {
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        Self::new(ResponseInner::Full(Some(b.into())))
+    }
+
+    pub fn empty() -> Self {
+        Self::new(ResponseInner::Full(None))
+    }
+
+    pub fn upstream(b: Incoming) -> Self {
+        Self::new(ResponseInner::Upstream(b))
+    }
+
+    fn new(inner: ResponseInner) -> Self {
+        ResponseBody {
+            inner,
+            sent: 0,
+            done: false,
+            on_complete: None,
+        }
+    }
+
+    pub fn set_on_complete(&mut self, hook: Box<dyn OnComplete>) {
+        self.on_complete = Some(hook);
+    }
+
+    fn finish(&mut self, finished: bool) {
+        self.done = true;
+        if let Some(mut hook) = self.on_complete.take() {
+            hook.complete(self.sent, finished);
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if !self.done {
+            let finished = self.is_end_stream();
+            self.finish(finished);
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let frame = match &mut this.inner {
+            ResponseInner::Full(b) => b.take().map(|b| Ok(Frame::data(b))),
+            ResponseInner::Upstream(body) => ready!(Pin::new(body).poll_frame(cx)),
+        };
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(d) = f.data_ref() {
+                    this.sent += d.len() as u64;
+                }
+            }
+            Some(Err(_)) => this.finish(false),
+            None => this.finish(true),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            ResponseInner::Full(b) => b.is_none(),
+            ResponseInner::Upstream(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            ResponseInner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            ResponseInner::Full(None) => SizeHint::with_exact(0),
+            ResponseInner::Upstream(b) => b.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! The unit of work that flows down a route's service stack.
+
+use super::body::RequestBody;
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use tokio::time::Instant;
+
+/// A request on its way upstream, with what the layers decide about it along the way.
+pub struct Call {
+    pub req: Request<RequestBody>,
+    pub client_ip: IpAddr,
+    /// When the route's `timeout` (or a retry's `per_try_timeout`) runs out. The innermost layer
+    /// enforces it, so a timeout is seen by the breaker and outlier detector as the upstream's
+    /// failure rather than as a cancelled call.
+    pub deadline: Instant,
+    /// Set by the balancer.
+    pub endpoint: usize,
+    /// The endpoint the previous attempt failed on; the balancer prefers another.
+    pub avoid: Option<usize>,
+    /// Where the balancer reports its pick, for a retry to avoid it; only set when retrying.
+    pub picked: Option<Arc<AtomicUsize>>,
+}
+
+impl Call {
+    /// GET, HEAD, OPTIONS, PUT, DELETE and TRACE: safe to send twice (RFC 9110 §9.2.2).
+    pub fn is_idempotent(&self) -> bool {
+        matches!(
+            *self.req.method(),
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::PUT
+                | Method::DELETE
+                | Method::TRACE
+        )
+    }
+}
+
+/// An upstream's answer and the endpoint that gave it.
+pub struct Answer {
+    pub resp: Response<Incoming>,
+    pub endpoint: usize,
+}
+
+pub type CallFuture =
+    Pin<Box<dyn Future<Output = Result<Answer, crate::error::ProxyError>> + Send>>;

@@ -1,0 +1,205 @@
+//! Header rewriting between client and upstream: hop-by-hop headers go, forwarding headers
+//! (`x-forwarded-*`, `via`) come, and the client's address is only believed from trusted proxies.
+
+use crate::config::Cidr;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Version;
+use std::net::IpAddr;
+
+/// Headers that describe one connection, never the message (RFC 9110 §7.6.1), plus the
+/// legacy ones proxies in the wild still send.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// True when the request asks to switch protocols (WebSocket and friends) over HTTP/1.1.
+pub fn is_upgrade_request(version: Version, headers: &HeaderMap) -> bool {
+    version == Version::HTTP_11
+        && headers.contains_key(header::UPGRADE)
+        && connection_has_token(headers, "upgrade")
+}
+
+fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers, including any the `Connection` header names. When `upgrade` is
+/// set, `Upgrade` survives and `Connection: upgrade` is restored so the tunnel can be set up.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        if !(upgrade && name == header::UPGRADE) {
+            headers.remove(name);
+        }
+    }
+    for name in HOP_BY_HOP.iter() {
+        if !(upgrade && name == header::UPGRADE) {
+            headers.remove(name);
+        }
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// What the handler knows about the client connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub ip: IpAddr,
+    pub tls: bool,
+    pub trusted: bool,
+}
+
+impl Peer {
+    pub fn new(ip: IpAddr, tls: bool, trusted_proxies: &[Cidr]) -> Self {
+        let trusted = trusted_proxies.iter().any(|c| c.contains(ip));
+        Peer { ip, tls, trusted }
+    }
+}
+
+/// The client's address: the peer itself, or, when the peer is a trusted proxy, the rightmost
+/// address in `x-forwarded-for` that is not also a trusted proxy (the leftmost is client-forged).
+pub fn client_ip(peer: &Peer, headers: &HeaderMap, trusted_proxies: &[Cidr]) -> IpAddr {
+    if !peer.trusted {
+        return peer.ip;
+    }
+    let hops: Vec<IpAddr> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    hops.iter()
+        .rev()
+        .find(|ip| !trusted_proxies.iter().any(|c| c.contains(**ip)))
+        .or(hops.first())
+        .copied()
+        .unwrap_or(peer.ip)
+}
+
+/// Adds the forwarding headers an upstream expects behind a proxy.
+pub fn add_forwarding_headers(headers: &mut HeaderMap, peer: &Peer, host: &str, version: Version) {
+    let ip = peer.ip.to_string();
+    // Several x-forwarded-for lines are folded into one list, as RFC 9110 allows.
+    let prev: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let xff = if prev.is_empty() {
+        ip
+    } else {
+        format!("{}, {ip}", prev.join(", "))
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    if !(peer.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        let proto = if peer.tls { "https" } else { "http" };
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+    if !(peer.trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        if let Ok(v) = HeaderValue::from_str(host) {
+            headers.insert(X_FORWARDED_HOST, v);
+        }
+    }
+    let hop = match version {
+        Version::HTTP_2 => "2 levee",
+        Version::HTTP_10 => "1.0 levee",
+        _ => "1.1 levee",
+    };
+    let via = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {hop}"),
+        None => hop.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&via) {
+        headers.insert(header::VIA, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn strips_connection_listed_headers() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "5"),
+            ("te", "trailers"),
+            ("x-ok", "1"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-ok"));
+    }
+
+    #[test]
+    fn upgrade_survives_when_tunnelling() {
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        assert!(is_upgrade_request(Version::HTTP_11, &h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn forwarded_for_is_appended_and_untrusted_by_default() {
+        let peer = Peer::new("10.0.0.9".parse().unwrap(), false, &[]);
+        let mut h = map(&[("x-forwarded-for", "1.2.3.4")]);
+        assert_eq!(client_ip(&peer, &h, &[]), peer.ip);
+        add_forwarding_headers(&mut h, &peer, "example.com", Version::HTTP_11);
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "example.com");
+        assert_eq!(h["via"], "1.1 levee");
+    }
+
+    #[test]
+    fn trusted_proxy_reveals_client() {
+        let trusted = vec![Cidr::parse("10.0.0.0/8").unwrap()];
+        let peer = Peer::new("10.0.0.9".parse().unwrap(), false, &trusted);
+        let h = map(&[("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.1.1.1")]);
+        assert_eq!(
+            client_ip(&peer, &h, &trusted),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
+    }
+}

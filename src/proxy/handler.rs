@@ -1,0 +1,243 @@
+//! The entry point of every proxied request: pick the snapshot and route, check the request,
+//! rewrite headers, run the route's stack, and turn the outcome into the client's response.
+
+use super::access_log::{self, AccessLog};
+use super::body::{RequestBody, ResponseBody};
+use super::call::Call;
+use super::forward::{self, Peer};
+use super::route::normalize_host;
+use crate::error::ProxyError;
+use crate::metrics::status_class;
+use crate::shared::Shared;
+use crate::snapshot::{ListenerRuntime, Route};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::time::Instant;
+use tower::ServiceExt;
+
+/// What a connection knows about itself, captured once at accept.
+pub struct ConnContext {
+    pub peer: SocketAddr,
+    pub tls: bool,
+    pub listener: Arc<ListenerRuntime>,
+}
+
+/// Serves one request; never fails (every failure is an HTTP answer) and never panics.
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnContext>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let started = Instant::now();
+    shared.metrics.in_flight.inc();
+    let snapshot = shared.snapshot.load_full();
+    let log = access_log::enabled();
+    let method = req.method().clone();
+    let path_for_log = if log {
+        req.uri().path().to_string()
+    } else {
+        String::new()
+    };
+    let (resp, route, endpoint, host) = proxy(&snapshot, &conn, req, started).await;
+    shared.metrics.in_flight.dec();
+
+    let (mut resp, error_kind) = match resp {
+        Ok(r) => (r, ""),
+        Err(e) => {
+            let kind = e.kind();
+            shared.metrics.proxy_error(kind);
+            if e.side() == crate::error::Side::Upstream {
+                tracing::debug!(error = %e, "upstream failure");
+            }
+            (e.into_response(), kind)
+        }
+    };
+    let status = resp.status().as_u16();
+    if let Some(route) = route {
+        route.metrics.requests[status_class(status)].inc();
+        route
+            .metrics
+            .duration
+            .observe(started.elapsed().as_secs_f64());
+    }
+    if log {
+        let (route_name, upstream, endpoint) = match route {
+            Some(r) => (
+                r.name.to_string(),
+                r.upstream.name.to_string(),
+                endpoint
+                    .and_then(|i| r.upstream.endpoints.get(i))
+                    .map(|e| e.address.clone())
+                    .unwrap_or_default(),
+            ),
+            None => Default::default(),
+        };
+        resp.body_mut().set_on_complete(Box::new(AccessLog {
+            method,
+            host: host.unwrap_or_default(),
+            path: path_for_log,
+            status,
+            route: route_name,
+            upstream,
+            endpoint,
+            error: error_kind,
+            started,
+        }));
+    }
+    Ok(resp)
+}
+
+/// The answer, the route it took, the endpoint that gave it, and the request's host.
+type Outcome<'a> = (
+    Result<Response<ResponseBody>, ProxyError>,
+    Option<&'a Route>,
+    Option<usize>,
+    Option<String>,
+);
+
+async fn proxy<'a>(
+    snapshot: &'a crate::snapshot::Snapshot,
+    conn: &ConnContext,
+    req: Request<Incoming>,
+    started: Instant,
+) -> Outcome<'a> {
+    let settings = &conn.listener.config;
+    if req.method() == Method::CONNECT {
+        return (Err(ProxyError::MethodNotAllowed), None, None, None);
+    }
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if header_bytes > settings.max_header_bytes {
+        return (Err(ProxyError::HeadersTooLarge), None, None, None);
+    }
+    let raw_host = match req.uri().authority() {
+        Some(a) => Some(a.as_str().to_string()),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string),
+    };
+    let host = match raw_host.as_deref().map(normalize_host) {
+        Some(Some(h)) => h,
+        Some(None) => {
+            return (
+                Err(ProxyError::BadRequest("malformed Host header")),
+                None,
+                None,
+                None,
+            )
+        }
+        None if req.version() == Version::HTTP_10 => String::new(),
+        None => {
+            return (
+                Err(ProxyError::BadRequest("missing Host header")),
+                None,
+                None,
+                None,
+            )
+        }
+    };
+    let Some(route) = snapshot
+        .router
+        .find(&host, req.uri().path())
+        .and_then(|i| snapshot.routes.get(i))
+    else {
+        return (Err(ProxyError::NoRoute), None, None, Some(host));
+    };
+    match forward_to(route, conn, req, raw_host.as_deref().unwrap_or(""), started).await {
+        Ok((resp, endpoint)) => (Ok(resp), Some(route), Some(endpoint), Some(host)),
+        Err(e) => (Err(e), Some(route), None, Some(host)),
+    }
+}
+
+async fn forward_to(
+    route: &Route,
+    conn: &ConnContext,
+    mut req: Request<Incoming>,
+    raw_host: &str,
+    started: Instant,
+) -> Result<(Response<ResponseBody>, usize), ProxyError> {
+    let settings = &conn.listener.config;
+    let max_body = route.config.max_body;
+    if let Some(max) = max_body {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return Err(ProxyError::BodyTooLarge);
+        }
+    }
+    let upgrade = forward::is_upgrade_request(req.version(), req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+    let peer = Peer::new(conn.peer.ip(), conn.tls, &settings.trusted_proxies);
+    let client_ip = forward::client_ip(&peer, req.headers(), &settings.trusted_proxies);
+    let version = req.version();
+    let (mut parts, body) = req.into_parts();
+    parts.extensions.clear();
+    let mut upstream_req = Request::from_parts(
+        parts,
+        RequestBody::Stream {
+            body,
+            remaining: max_body,
+        },
+    );
+    let headers = upstream_req.headers_mut();
+    forward::strip_hop_by_hop(headers, upgrade);
+    forward::add_forwarding_headers(headers, &peer, raw_host, version);
+    if !headers.contains_key(header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(raw_host) {
+            headers.insert(header::HOST, v);
+        }
+    }
+
+    let call = Call {
+        req: upstream_req,
+        client_ip,
+        deadline: started + route.config.timeout,
+        endpoint: 0,
+        avoid: None,
+        picked: None,
+    };
+    let answer = route.stack.clone().oneshot(call).await?;
+    let endpoint = answer.endpoint;
+    let mut resp = answer.resp;
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = client_upgrade else {
+            return Err(ProxyError::UpstreamReset(
+                "upstream switched protocols unasked".into(),
+            ));
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                Ok((client, upstream)) => {
+                    let mut client = TokioIo::new(client);
+                    let mut upstream = TokioIo::new(upstream);
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+            }
+        });
+        let (parts, _) = resp.into_parts();
+        return Ok((Response::from_parts(parts, ResponseBody::empty()), endpoint));
+    }
+
+    let (mut parts, body) = resp.into_parts();
+    forward::strip_hop_by_hop(&mut parts.headers, false);
+    Ok((
+        Response::from_parts(parts, ResponseBody::upstream(body)),
+        endpoint,
+    ))
+}

@@ -1,0 +1,299 @@
+//! A running levee: the shared state, its listeners and admin listener, reloads and draining.
+//! `main` drives it from signals; tests and the demo drive it directly.
+
+use crate::config::{self, Config, ConfigErrors, Problem};
+use crate::metrics::{Metrics, ResultLabel};
+use crate::server::{self, ListenerHandle};
+use crate::shared::{ReloadOutcome, Shared};
+use crate::snapshot::Snapshot;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio::sync::Mutex;
+
+/// Where the config comes from: a file (reloadable) or text embedded in the binary (the demo).
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    File(PathBuf),
+    Text { name: String, text: String },
+}
+
+impl ConfigSource {
+    pub fn load(&self) -> Result<Config, ConfigErrors> {
+        match self {
+            ConfigSource::File(p) => config::load(p),
+            ConfigSource::Text { name, text } => {
+                config::parse(name, text, std::path::Path::new("."))
+            }
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            ConfigSource::File(p) => p.display().to_string(),
+            ConfigSource::Text { name, .. } => name.clone(),
+        }
+    }
+}
+
+/// Loads, validates and builds a snapshot without binding anything: exactly what `levee check`,
+/// startup and reloads run.
+pub fn check(source: &ConfigSource) -> Result<Config, ConfigErrors> {
+    let config = source.load()?;
+    let metrics = Arc::new(Metrics::new());
+    Snapshot::build(config.clone(), None, &metrics).map_err(|e| build_error(source, e))?;
+    Ok(config)
+}
+
+fn build_error(source: &ConfigSource, message: String) -> ConfigErrors {
+    ConfigErrors(vec![Problem {
+        file: source.name(),
+        line: 1,
+        column: 1,
+        message,
+    }])
+}
+
+/// Why levee could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        what: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+pub struct Levee {
+    pub shared: Arc<Shared>,
+    source: ConfigSource,
+    listeners: Mutex<HashMap<String, ListenerHandle>>,
+    admin_addr: Option<SocketAddr>,
+    reload_lock: Mutex<()>,
+}
+
+impl Levee {
+    /// Loads the config, binds every listener and the admin listener, and starts serving.
+    pub async fn start(source: ConfigSource) -> Result<Arc<Levee>, StartError> {
+        let config = source.load()?;
+        let metrics = Arc::new(Metrics::new());
+        let snapshot =
+            Snapshot::build(config, None, &metrics).map_err(|e| build_error(&source, e))?;
+        let admin_bind = snapshot.config.admin.bind;
+        let drain = snapshot.config.admin.drain_timeout;
+        let listener_configs = snapshot.config.listeners.clone();
+        snapshot.activate();
+        let shared = Shared::new(snapshot, metrics);
+        let mut listeners = HashMap::new();
+        for l in &listener_configs {
+            let tcp = server::bind(l.bind).map_err(|source| StartError::Bind {
+                what: format!("listener \"{}\"", l.name),
+                addr: l.bind,
+                source,
+            })?;
+            let h = server::spawn_listener(shared.clone(), l.name.clone(), l.bind, tcp, drain)
+                .map_err(|source| StartError::Bind {
+                    what: l.name.clone(),
+                    addr: l.bind,
+                    source,
+                })?;
+            listeners.insert(l.name.clone(), h);
+        }
+        let admin_tcp = server::bind(admin_bind).map_err(|source| StartError::Bind {
+            what: "the admin listener".into(),
+            addr: admin_bind,
+            source,
+        })?;
+        let admin_addr = admin_tcp.local_addr().ok();
+        let levee = Arc::new_cyclic(|weak| {
+            crate::admin::spawn(admin_tcp, shared.clone(), weak.clone());
+            Levee {
+                shared: shared.clone(),
+                source,
+                listeners: Mutex::new(listeners),
+                admin_addr,
+                reload_lock: Mutex::new(()),
+            }
+        });
+        shared.ready.store(true, Ordering::Release);
+        Ok(levee)
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The bound address of a listener, by name (useful with port 0).
+    pub async fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners.lock().await.get(name).map(|h| h.local_addr)
+    }
+
+    pub async fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
+        let mut v: Vec<_> = self
+            .listeners
+            .lock()
+            .await
+            .values()
+            .map(|h| (h.name.clone(), h.local_addr))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Re-reads the config; on success swaps in the new snapshot (keeping live state where the
+    /// config is unchanged) and reconciles listeners. On failure the running config stays.
+    pub async fn reload(&self) -> Result<u64, ConfigErrors> {
+        let _serial = self.reload_lock.lock().await;
+        let result = self.try_reload().await;
+        let metrics = &self.shared.metrics;
+        let outcome = match &result {
+            Ok(v) => {
+                metrics
+                    .reloads
+                    .get_or_create(&ResultLabel { result: "success" })
+                    .inc();
+                metrics.config_version.set(*v as i64);
+                ReloadOutcome {
+                    at: SystemTime::now(),
+                    ok: true,
+                    message: format!("version {v} loaded"),
+                }
+            }
+            Err(e) => {
+                metrics
+                    .reloads
+                    .get_or_create(&ResultLabel { result: "failure" })
+                    .inc();
+                for p in &e.0 {
+                    tracing::error!("config reload failed: {p}");
+                }
+                ReloadOutcome {
+                    at: SystemTime::now(),
+                    ok: false,
+                    message: e.to_string(),
+                }
+            }
+        };
+        *self.shared.last_reload.lock() = Some(outcome);
+        result
+    }
+
+    async fn try_reload(&self) -> Result<u64, ConfigErrors> {
+        let config = self.source.load()?;
+        let old = self.shared.snapshot.load_full();
+        let snapshot = Snapshot::build(config, Some(&old), &self.shared.metrics)
+            .map_err(|e| build_error(&self.source, e))?;
+        let new_config = snapshot.config.clone();
+        let drain = new_config.admin.drain_timeout;
+        if new_config.admin.bind != old.config.admin.bind {
+            tracing::warn!("admin.bind changed: the admin listener moves only on restart");
+        }
+
+        // Bind added listeners before publishing, so a bind failure leaves everything as it was.
+        let mut listeners = self.listeners.lock().await;
+        let mut fresh = Vec::new();
+        for l in &new_config.listeners {
+            let keep = listeners.get(&l.name).is_some_and(|h| h.bind == l.bind);
+            if !keep {
+                let tcp = server::bind(l.bind).map_err(|e| {
+                    build_error(
+                        &self.source,
+                        format!("listener \"{}\": cannot bind {}: {e}", l.name, l.bind),
+                    )
+                })?;
+                fresh.push((l, tcp));
+            }
+        }
+        let version = snapshot.version;
+        snapshot.activate();
+        self.shared.snapshot.store(Arc::new(snapshot));
+        for (l, tcp) in fresh {
+            if let Some(old) = listeners.remove(&l.name) {
+                old.begin_stop();
+                tokio::spawn(old.join());
+            }
+            match server::spawn_listener(self.shared.clone(), l.name.clone(), l.bind, tcp, drain) {
+                Ok(h) => {
+                    listeners.insert(l.name.clone(), h);
+                }
+                Err(e) => tracing::error!(listener = %l.name, error = %e, "cannot start listener"),
+            }
+        }
+        let removed: Vec<String> = listeners
+            .keys()
+            .filter(|n| !new_config.listeners.iter().any(|l| &l.name == *n))
+            .cloned()
+            .collect();
+        for name in removed {
+            if let Some(h) = listeners.remove(&name) {
+                tracing::info!(listener = %name, "listener removed; draining");
+                h.begin_stop();
+                tokio::spawn(h.join());
+            }
+        }
+        log_changes(&old.config, &new_config, version);
+        Ok(version)
+    }
+
+    /// Graceful drain: not ready, stop accepting, let in-flight requests finish (up to the drain
+    /// timeout), close idle connections, GOAWAY on HTTP/2.
+    pub async fn shutdown(&self) {
+        self.shared.ready.store(false, Ordering::Release);
+        let handles: Vec<ListenerHandle> = self
+            .listeners
+            .lock()
+            .await
+            .drain()
+            .map(|(_, h)| h)
+            .collect();
+        for h in &handles {
+            h.begin_stop();
+        }
+        for h in handles {
+            h.join().await;
+        }
+    }
+}
+
+fn log_changes(old: &Config, new: &Config, version: u64) {
+    fn diff<T: PartialEq>(
+        old: &[T],
+        new: &[T],
+        name: impl Fn(&T) -> &str,
+    ) -> (Vec<String>, Vec<String>, Vec<String>) {
+        let added = new
+            .iter()
+            .filter(|n| !old.iter().any(|o| name(o) == name(n)))
+            .map(|n| name(n).to_string())
+            .collect();
+        let removed = old
+            .iter()
+            .filter(|o| !new.iter().any(|n| name(o) == name(n)))
+            .map(|o| name(o).to_string())
+            .collect();
+        let modified = new
+            .iter()
+            .filter(|n| old.iter().any(|o| name(o) == name(n) && o != *n))
+            .map(|n| name(n).to_string())
+            .collect();
+        (added, removed, modified)
+    }
+    let (ra, rr, rm) = diff(&old.routes, &new.routes, |r| &r.name);
+    let (ua, ur, um) = diff(&old.upstreams, &new.upstreams, |u| &u.name);
+    tracing::info!(
+        version,
+        routes_added = ?ra,
+        routes_removed = ?rr,
+        routes_modified = ?rm,
+        upstreams_added = ?ua,
+        upstreams_removed = ?ur,
+        upstreams_modified = ?um,
+        "config reloaded"
+    );
+}

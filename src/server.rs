@@ -1,0 +1,189 @@
+//! Listeners: accept loop, connection cap, optional TLS, HTTP/1.1 and HTTP/2 on one port through
+//! hyper-util's auto builder, and draining through its `GracefulShutdown` watcher.
+
+use crate::config::ListenerConfig;
+use crate::proxy::handler::{handle, ConnContext};
+use crate::shared::Shared;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// The HTTP server settings of a listener, built once per snapshot.
+pub fn http_builder(cfg: &ListenerConfig) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_read_timeout)
+        .max_headers(cfg.max_headers)
+        // hyper refuses header sections beyond its buffer with its own 431; levee's own check
+        // (with `x-levee-error`) runs below this ceiling.
+        .max_buf_size((cfg.max_header_bytes * 2).max(16 * 1024));
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(cfg.http2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(cfg.max_header_bytes * 2).unwrap_or(u32::MAX))
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
+    b
+}
+
+/// Binds with SO_REUSEADDR so a restart does not wait out TIME_WAIT.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// A running listener; dropping the handle does not stop it, `stop` does.
+pub struct ListenerHandle {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl ListenerHandle {
+    /// Stops accepting and drains this listener's connections for up to `drain`.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Signals the stop without waiting for the drain.
+    pub fn begin_stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    pub async fn join(self) {
+        let _ = self.task.await;
+    }
+}
+
+pub fn spawn_listener(
+    shared: Arc<Shared>,
+    name: String,
+    bind: SocketAddr,
+    listener: TcpListener,
+    drain: Duration,
+) -> std::io::Result<ListenerHandle> {
+    let local_addr = listener.local_addr()?;
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(accept_loop(shared, name.clone(), listener, stop_rx, drain));
+    tracing::info!(listener = %name, addr = %local_addr, "listening");
+    Ok(ListenerHandle {
+        name,
+        bind,
+        local_addr,
+        stop,
+        task,
+    })
+}
+
+struct ConnCount(Arc<AtomicUsize>, Arc<Shared>);
+
+impl Drop for ConnCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.1.metrics.connections.dec();
+    }
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    name: String,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    let open = Arc::new(AtomicUsize::new(0));
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.changed() => break,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly instead of spinning.
+                tracing::warn!(listener = %name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(runtime) = shared.snapshot.load().listeners.get(&name).cloned() else {
+            continue;
+        };
+        if open.load(Ordering::Relaxed) >= runtime.config.max_connections {
+            tracing::debug!(listener = %name, %peer, "max_connections reached; closing new connection");
+            continue;
+        }
+        open.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.connections.inc();
+        let count = ConnCount(open.clone(), shared.clone());
+        let _ = stream.set_nodelay(true);
+        let watcher = graceful.watcher();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _count = count;
+            let handshake_timeout = runtime.config.header_read_timeout;
+            let ctx = Arc::new(ConnContext {
+                peer,
+                tls: runtime.tls.is_some(),
+                listener: runtime.clone(),
+            });
+            let svc = service_fn(move |req| handle(shared.clone(), ctx.clone(), req));
+            let builder = &runtime.builder;
+            let result = match &runtime.tls {
+                None => {
+                    watcher
+                        .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc))
+                        .await
+                }
+                Some(acceptor) => {
+                    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    watcher
+                        .watch(builder.serve_connection_with_upgrades(TokioIo::new(tls), svc))
+                        .await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!(listener = %name, open = open.load(Ordering::Relaxed), "listener stopped; draining connections");
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(listener = %name, "drain timeout reached; closing remaining connections");
+    }
+}

@@ -1,0 +1,37 @@
+//! State shared by every task of a running levee: the current snapshot, metrics, readiness.
+
+use crate::metrics::Metrics;
+use crate::snapshot::Snapshot;
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// What the last reload did, for `/status` and the dashboard.
+#[derive(Debug, Clone)]
+pub struct ReloadOutcome {
+    pub at: SystemTime,
+    pub ok: bool,
+    pub message: String,
+}
+
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub metrics: Arc<Metrics>,
+    /// Every listener is bound and we are not draining.
+    pub ready: AtomicBool,
+    pub last_reload: Mutex<Option<ReloadOutcome>>,
+}
+
+impl Shared {
+    pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>) -> Arc<Shared> {
+        metrics.config_version.set(snapshot.version as i64);
+        Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            metrics,
+            ready: AtomicBool::new(false),
+            last_reload: Mutex::new(None),
+        })
+    }
+}

@@ -1,0 +1,147 @@
+//! The one swappable runtime state. Everything a request needs — compiled router, routes with
+//! their stacks, upstreams with their live state, listener settings — is built here from a
+//! validated `Config` and published with a single `ArcSwap::store`. A request loads it once and
+//! finishes on it, whatever reloads happen meanwhile.
+
+use crate::config::{Config, ListenerConfig};
+use crate::layers::rate_limit::RouteLimiter;
+use crate::layers::retry::RetryPolicy;
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::proxy::route::Router;
+use crate::proxy::stack::{self, RouteStack};
+use crate::upstream::Upstream;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// A route ready to serve.
+pub struct Route {
+    pub name: Arc<str>,
+    pub config: crate::config::RouteConfig,
+    pub upstream: Arc<Upstream>,
+    pub limiter: Option<Arc<RouteLimiter>>,
+    pub retry: Option<Arc<RetryPolicy>>,
+    pub metrics: RouteMetrics,
+    pub stack: RouteStack,
+}
+
+/// Settings a listener applies per connection, with its TLS acceptor.
+pub struct ListenerRuntime {
+    pub config: ListenerConfig,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub builder: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+}
+
+/// The complete running configuration.
+pub struct Snapshot {
+    pub version: u64,
+    pub loaded_at: SystemTime,
+    pub config: Arc<Config>,
+    pub router: Router,
+    pub routes: Vec<Route>,
+    pub upstreams: Vec<Arc<Upstream>>,
+    pub listeners: HashMap<String, Arc<ListenerRuntime>>,
+}
+
+impl Snapshot {
+    /// Builds a snapshot, reusing the live state of `previous` wherever the config is unchanged:
+    /// an upstream whose definition is equal keeps its breaker, ejections, health and pool; a
+    /// route whose limit or retry settings are equal keeps its buckets and budget.
+    pub fn build(
+        config: Config,
+        previous: Option<&Snapshot>,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Snapshot, String> {
+        let mut upstreams: Vec<Arc<Upstream>> = Vec::with_capacity(config.upstreams.len());
+        for u in &config.upstreams {
+            let kept = previous
+                .and_then(|p| p.upstreams.iter().find(|old| old.config == *u))
+                .cloned();
+            upstreams.push(match kept {
+                Some(old) => old,
+                None => Arc::new(Upstream::new(u, metrics)?),
+            });
+        }
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for r in &config.routes {
+            let upstream = upstreams
+                .iter()
+                .find(|u| *u.name == *r.upstream)
+                .cloned()
+                .ok_or_else(|| {
+                    format!(
+                        "route \"{}\" names unknown upstream \"{}\"",
+                        r.name, r.upstream
+                    )
+                })?;
+            let old = previous.and_then(|p| p.routes.iter().find(|o| o.config.name == r.name));
+            let limiter = r.rate_limit.as_ref().map(|l| {
+                old.and_then(|o| o.limiter.clone())
+                    .filter(|ol| ol.config == *l)
+                    .unwrap_or_else(|| Arc::new(RouteLimiter::new(l)))
+            });
+            let retry = r.retry.as_ref().filter(|c| c.attempts > 1).map(|c| {
+                old.and_then(|o| o.retry.clone())
+                    .filter(|or| or.config == *c)
+                    .unwrap_or_else(|| Arc::new(RetryPolicy::new(c)))
+            });
+            let route_metrics = RouteMetrics::new(metrics, &r.name, &r.upstream);
+            let stack = stack::build(
+                &upstream,
+                r.timeout,
+                limiter.as_ref(),
+                retry.as_ref(),
+                &route_metrics,
+            );
+            routes.push(Route {
+                name: r.name.as_str().into(),
+                config: r.clone(),
+                upstream,
+                limiter,
+                retry,
+                metrics: route_metrics,
+                stack,
+            });
+        }
+        let router = Router::new(
+            config
+                .routes
+                .iter()
+                .map(|r| (r.host.as_deref(), r.path_prefix.as_str())),
+        );
+        let mut listeners = HashMap::new();
+        for l in &config.listeners {
+            let tls = match &l.tls {
+                Some(t) => Some(tokio_rustls::TlsAcceptor::from(
+                    crate::tls::server_config(t)
+                        .map_err(|e| format!("listener \"{}\": {e}", l.name))?,
+                )),
+                None => None,
+            };
+            listeners.insert(
+                l.name.clone(),
+                Arc::new(ListenerRuntime {
+                    config: l.clone(),
+                    tls,
+                    builder: crate::server::http_builder(l),
+                }),
+            );
+        }
+        Ok(Snapshot {
+            version: previous.map(|p| p.version + 1).unwrap_or(1),
+            loaded_at: SystemTime::now(),
+            config: Arc::new(config),
+            router,
+            routes,
+            upstreams,
+            listeners,
+        })
+    }
+
+    /// Starts what a snapshot runs in the background (health checks); idempotent per upstream.
+    pub fn activate(&self) {
+        for u in &self.upstreams {
+            u.start_health_checks();
+        }
+    }
+}

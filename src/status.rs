@@ -1,0 +1,113 @@
+//! The `/status` document: what levee is protecting and why, as JSON.
+
+use crate::shared::Shared;
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::time::Instant;
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs_f64()
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u128::from(u64::MAX)) as u64
+}
+
+pub fn render(shared: &Shared) -> Value {
+    let snap = shared.snapshot.load_full();
+    let now = Instant::now();
+    let wall = SystemTime::now();
+    let upstreams: Vec<Value> = snap
+        .upstreams
+        .iter()
+        .map(|u| {
+            let b = u.breaker.snapshot(now);
+            let endpoints: Vec<Value> = u
+                .endpoints
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    let o = u.outlier.snapshot(i, now);
+                    let ejected_for = o.ejected_until.map(|t| t.saturating_duration_since(now));
+                    json!({
+                        "address": e.address,
+                        "healthy": e.healthy.load(Ordering::Relaxed),
+                        "ejected": ejected_for.is_some(),
+                        "ejected_for_ms": ejected_for.map(ms),
+                        "ejected_until": ejected_for.map(|d| unix(wall + d)),
+                        "times_ejected": o.times_ejected,
+                        "in_flight": e.in_flight.load(Ordering::Relaxed),
+                        "requests": e.requests.load(Ordering::Relaxed),
+                        "failures": e.failures.load(Ordering::Relaxed),
+                        "recent_requests": o.requests,
+                        "recent_failure_rate": o.failure_rate,
+                        "consecutive_failures": o.consecutive_failures,
+                    })
+                })
+                .collect();
+            json!({
+                "name": &*u.name,
+                "balance": format!("{:?}", u.config.balance).to_ascii_lowercase(),
+                "breaker": {
+                    "state": b.state.as_str(),
+                    "reason": b.reason,
+                    "calls": b.calls,
+                    "failures": b.failures,
+                    "slow_calls": b.slow,
+                    "consecutive_failures": b.consecutive_failures,
+                    "half_open_in_ms": b.open_remaining.map(ms),
+                    "trips": b.trips,
+                    "failure_rate_threshold": u.config.breaker.settings.failure_rate_threshold,
+                    "minimum_calls": u.config.breaker.settings.minimum_calls,
+                },
+                "active_requests": u.concurrency.active(),
+                "pending_requests": u.concurrency.pending(),
+                "max_concurrent_requests": u.config.breaker.max_concurrent_requests,
+                "endpoints": endpoints,
+            })
+        })
+        .collect();
+    let routes: Vec<Value> = snap
+        .routes
+        .iter()
+        .map(|r| {
+            json!({
+                "name": &*r.name,
+                "host": r.config.host,
+                "path_prefix": r.config.path_prefix,
+                "upstream": r.config.upstream,
+                "timeout_ms": ms(r.config.timeout),
+                "rate_limit": r.limiter.as_ref().map(|l| json!({
+                    "rps": l.config.rps,
+                    "burst": l.config.burst,
+                    "key": l.config.key.describe(),
+                    "scope": format!("{:?}", l.config.scope).to_ascii_lowercase(),
+                    "refused": l.refused(),
+                    "tracked_keys": l.tracked_keys(),
+                })),
+                "retry": r.retry.as_ref().map(|p| json!({
+                    "attempts": p.config.attempts,
+                    "budget_ratio": p.config.budget_ratio,
+                    "budget_balance": p.budget.balance(now),
+                })),
+            })
+        })
+        .collect();
+    let last_reload = shared
+        .last_reload
+        .lock()
+        .clone()
+        .map(|r| json!({ "at": unix(r.at), "ok": r.ok, "message": r.message }));
+    json!({
+        "version": snap.version,
+        "hash": snap.config.hash,
+        "loaded_at": unix(snap.loaded_at),
+        "ready": shared.ready.load(Ordering::Relaxed),
+        "last_reload": last_reload,
+        "upstreams": upstreams,
+        "routes": routes,
+    })
+}

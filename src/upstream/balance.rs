@@ -1,0 +1,130 @@
+//! Picking an endpoint: power of two choices over least outstanding requests (the default, as in
+//! Envoy and linkerd: near-best balance without a global scan), or round robin. Endpoints that are
+//! ejected or failing health checks are skipped.
+
+use super::Upstream;
+use crate::config::Balance;
+use std::sync::atomic::Ordering;
+use tokio::time::Instant;
+
+impl Upstream {
+    fn available(&self, i: usize, now: Instant) -> bool {
+        self.endpoints
+            .get(i)
+            .is_some_and(|e| e.healthy.load(Ordering::Relaxed))
+            && !self.outlier.is_ejected(i, now)
+    }
+
+    /// The endpoint for the next request, avoiding `avoid` (the one a retry just failed on) when
+    /// another is available. `None` when every endpoint is out.
+    pub fn pick(&self, avoid: Option<usize>, now: Instant) -> Option<usize> {
+        let n = self.endpoints.len();
+        let usable = |i: usize| self.available(i, now) && Some(i) != avoid;
+        let chosen = match (self.config.balance, n) {
+            (_, 0) => None,
+            (_, 1) => Some(0).filter(|i| usable(*i)),
+            (Balance::RoundRobin, _) => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..n).map(|k| (start + k) % n).find(|i| usable(*i))
+            }
+            (Balance::P2c, _) => {
+                let a = fastrand::usize(..n);
+                let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+                match (usable(a), usable(b)) {
+                    (true, true) => {
+                        let load = |i: usize| self.endpoints[i].in_flight.load(Ordering::Relaxed);
+                        Some(if load(b) < load(a) { b } else { a })
+                    }
+                    (true, false) => Some(a),
+                    (false, true) => Some(b),
+                    // Both samples out: scan from a random start so we still find survivors.
+                    (false, false) => (0..n).map(|k| (a + k) % n).find(|i| usable(*i)),
+                }
+            }
+        };
+        // A retry that could only go back to the endpoint it avoided still goes there.
+        chosen.or_else(|| avoid.filter(|i| self.available(*i, now)))
+    }
+}
+
+use crate::error::ProxyError;
+use crate::proxy::call::{Answer, Call, CallFuture};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower::{Layer, Service};
+
+#[derive(Clone)]
+pub struct BalanceLayer {
+    upstream: Arc<Upstream>,
+}
+
+impl BalanceLayer {
+    pub fn new(upstream: Arc<Upstream>) -> Self {
+        BalanceLayer { upstream }
+    }
+}
+
+impl<S> Layer<S> for BalanceLayer {
+    type Service = BalanceService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        BalanceService {
+            upstream: self.upstream.clone(),
+            inner,
+        }
+    }
+}
+
+/// Chooses the endpoint and tracks its outstanding requests for P2C.
+#[derive(Clone)]
+pub struct BalanceService<S> {
+    upstream: Arc<Upstream>,
+    inner: S,
+}
+
+struct InFlight<'a>(&'a std::sync::atomic::AtomicU32);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<S> Service<Call> for BalanceService<S>
+where
+    S: Service<Call, Response = Answer, Error = ProxyError, Future = CallFuture>
+        + Clone
+        + Send
+        + 'static,
+{
+    type Response = Answer;
+    type Error = ProxyError;
+    type Future = CallFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut call: Call) -> CallFuture {
+        let upstream = self.upstream.clone();
+        let mut inner = self.inner.clone();
+        Box::pin(async move {
+            let now = Instant::now();
+            let Some(i) = upstream.pick(call.avoid, now) else {
+                let retry_after = (0..upstream.endpoints.len())
+                    .filter_map(|i| upstream.outlier.ejected_until(i, now))
+                    .min()
+                    .map(|t| t.saturating_duration_since(now))
+                    .unwrap_or(std::time::Duration::from_secs(1));
+                return Err(ProxyError::NoHealthyEndpoint { retry_after });
+            };
+            call.endpoint = i;
+            if let Some(p) = &call.picked {
+                p.store(i, Ordering::Relaxed);
+            }
+            let ep = &upstream.endpoints[i];
+            ep.in_flight.fetch_add(1, Ordering::Relaxed);
+            let _in_flight = InFlight(&ep.in_flight);
+            inner.call(call).await
+        })
+    }
+}

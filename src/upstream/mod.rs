@@ -1,0 +1,99 @@
+//! An upstream's live state: its endpoints, breaker, concurrency limit, outlier detector and
+//! connection pool. It lives in an `Arc` that a reload hands to the next snapshot unchanged when
+//! the upstream's config did not change, so none of that state is lost.
+
+pub mod balance;
+pub mod client;
+pub mod health;
+
+use crate::config::UpstreamConfig;
+use crate::layers::breaker::CircuitBreaker;
+use crate::layers::concurrency::ConcurrencyLimit;
+use crate::layers::outlier::ejection::OutlierDetector;
+use crate::metrics::{Metrics, UpstreamMetrics};
+use client::UpstreamClient;
+use http::uri::Authority;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// One `host:port` of an upstream.
+pub struct Endpoint {
+    pub address: String,
+    pub authority: Authority,
+    /// Requests sent and not yet answered: the load P2C compares.
+    pub in_flight: AtomicU32,
+    /// Active health check verdict; stays true when no checks are configured.
+    pub healthy: AtomicBool,
+    pub requests: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+/// Everything levee keeps about one upstream.
+pub struct Upstream {
+    pub name: Arc<str>,
+    pub config: UpstreamConfig,
+    pub endpoints: Box<[Endpoint]>,
+    pub breaker: CircuitBreaker,
+    pub concurrency: ConcurrencyLimit,
+    pub outlier: OutlierDetector,
+    pub client: UpstreamClient,
+    pub metrics: UpstreamMetrics,
+    pub(crate) next: AtomicUsize,
+    health_started: AtomicBool,
+}
+
+impl Upstream {
+    pub fn new(config: &UpstreamConfig, metrics: &Arc<Metrics>) -> Result<Upstream, String> {
+        let endpoints = config
+            .endpoints
+            .iter()
+            .map(|e| {
+                let authority: Authority = e.parse().map_err(|_| {
+                    format!(
+                        "upstream \"{}\": endpoint \"{e}\" is not a valid HOST:PORT",
+                        config.name
+                    )
+                })?;
+                Ok(Endpoint {
+                    address: e.clone(),
+                    authority,
+                    in_flight: AtomicU32::new(0),
+                    healthy: AtomicBool::new(true),
+                    requests: AtomicU64::new(0),
+                    failures: AtomicU64::new(0),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let upstream_metrics = UpstreamMetrics::new(metrics, &config.name, &config.endpoints);
+        for g in &upstream_metrics.healthy {
+            g.set(1);
+        }
+        let name: Arc<str> = config.name.as_str().into();
+        Ok(Upstream {
+            breaker: CircuitBreaker::new(
+                name.clone(),
+                config.breaker.settings.clone(),
+                metrics.clone(),
+            ),
+            concurrency: ConcurrencyLimit::new(
+                config.breaker.max_concurrent_requests,
+                config.breaker.max_pending,
+            ),
+            outlier: OutlierDetector::new(config.outlier, endpoints.len()),
+            client: UpstreamClient::new(config)?,
+            metrics: upstream_metrics,
+            name,
+            config: config.clone(),
+            endpoints: endpoints.into_boxed_slice(),
+            next: AtomicUsize::new(0),
+            health_started: AtomicBool::new(false),
+        })
+    }
+
+    /// Starts active health checks once per upstream (not again when a reload keeps it).
+    pub fn start_health_checks(self: &Arc<Self>) {
+        if self.config.health_check.is_some() && !self.health_started.swap(true, Ordering::AcqRel) {
+            health::spawn(Arc::downgrade(self));
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! levee's integration tests: one binary, one module per behaviour, real sockets throughout.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+mod core;
