@@ -1,0 +1,133 @@
+//! Per-request cost of levee's pieces: router match, each protection's bookkeeping, header
+//! rewriting. Run with `cargo bench --bench micro`. Each must stay well under a microsecond.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use http::{HeaderMap, HeaderName, HeaderValue, Version};
+use levee::config::{Cidr, UpstreamConfig};
+use levee::layers::breaker::state::{Admission, Breaker, BreakerSettings, CallResult};
+use levee::layers::outlier::ejection::{OutlierDetector, OutlierSettings};
+use levee::layers::rate_limit::gcra::{GcraCell, GcraSettings, KeyedLimiter};
+use levee::layers::retry::budget::RetryBudget;
+use levee::metrics::Metrics;
+use levee::proxy::forward::{add_forwarding_headers, client_ip, strip_hop_by_hop, Peer};
+use levee::proxy::route::Router;
+use levee::upstream::Upstream;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+fn router(c: &mut Criterion) {
+    let hosts: Vec<String> = (0..25).map(|i| format!("svc{i}.example.com")).collect();
+    let prefixes = ["/", "/api", "/api/v1", "/static"];
+    let mut routes: Vec<(Option<&str>, &str)> = Vec::new();
+    for h in &hosts {
+        for p in prefixes {
+            routes.push((Some(h.as_str()), p));
+        }
+    }
+    let r = Router::new(routes);
+    c.bench_function("router_match_100_routes", |b| {
+        b.iter(|| r.find(black_box("svc17.example.com"), black_box("/api/v1/users/42")))
+    });
+}
+
+fn breaker(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let _g = rt.enter();
+    let mut br = Breaker::new(BreakerSettings::default());
+    c.bench_function("breaker_admit_record_closed", |b| {
+        b.iter(|| {
+            let now = Instant::now();
+            let (adm, _) = br.admit(now);
+            if let Admission::Admitted(t) = adm {
+                br.record(t, CallResult { failed: false, elapsed: Duration::from_millis(1) }, now);
+            }
+        })
+    });
+}
+
+fn limiter(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let _g = rt.enter();
+    let s = GcraSettings { rps: 1e9, burst: 1_000_000 };
+    let cell = GcraCell::new(Instant::now());
+    c.bench_function("gcra_check_global", |b| b.iter(|| cell.check(black_box(&s), Instant::now())));
+    let keyed = KeyedLimiter::new(s, 100_000, Instant::now());
+    let keys: Vec<String> = (0..1000).map(|i| format!("10.0.{}.{}", i / 256, i % 256)).collect();
+    let mut i = 0;
+    c.bench_function("gcra_check_keyed_1000_keys", |b| {
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            keyed.check(black_box(&keys[i]), Instant::now())
+        })
+    });
+}
+
+fn budget(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let _g = rt.enter();
+    let budget = RetryBudget::new(0.2, 10, Duration::from_secs(10), Instant::now());
+    c.bench_function("retry_budget_deposit", |b| b.iter(|| budget.deposit(Instant::now())));
+}
+
+fn outlier(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let _g = rt.enter();
+    let det = OutlierDetector::new(OutlierSettings::default(), 4);
+    let mut i = 0;
+    c.bench_function("outlier_record_success", |b| {
+        b.iter(|| {
+            i = (i + 1) % 4;
+            det.record(i, false, Instant::now())
+        })
+    });
+    c.bench_function("outlier_is_ejected", |b| b.iter(|| det.is_ejected(black_box(2), Instant::now())));
+}
+
+fn balance(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let _g = rt.enter();
+    let text = r#"
+[[listener]]
+bind = "127.0.0.1:0"
+[[route]]
+upstream = "app"
+[[upstream]]
+name = "app"
+endpoints = ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003", "127.0.0.1:9004"]
+"#;
+    let config = levee::config::parse("bench.toml", text, std::path::Path::new(".")).unwrap();
+    let u: &UpstreamConfig = &config.upstreams[0];
+    let upstream = Upstream::new(u, &Arc::new(Metrics::new())).unwrap();
+    c.bench_function("p2c_pick_4_endpoints", |b| b.iter(|| upstream.pick(None, Instant::now())));
+}
+
+fn headers(c: &mut Criterion) {
+    let mut base = HeaderMap::new();
+    for (k, v) in [
+        ("host", "api.example.com"),
+        ("user-agent", "bench/1.0"),
+        ("accept", "*/*"),
+        ("connection", "keep-alive"),
+        ("keep-alive", "timeout=5"),
+        ("x-forwarded-for", "203.0.113.9"),
+        ("cookie", "session=abcdef0123456789"),
+    ] {
+        base.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+    }
+    let trusted: Vec<Cidr> = Vec::new();
+    let peer = Peer::new("10.1.2.3".parse().unwrap(), false, &trusted);
+    c.bench_function("header_rewrite_request", |b| {
+        b.iter(|| {
+            let mut h = base.clone();
+            let _ = client_ip(&peer, &h, &trusted);
+            strip_hop_by_hop(&mut h, false);
+            add_forwarding_headers(&mut h, &peer, "api.example.com", Version::HTTP_11);
+            h
+        })
+    });
+}
+
+criterion_group!(benches, router, breaker, limiter, budget, outlier, balance, headers);
+criterion_main!(benches);
