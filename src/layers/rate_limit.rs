@@ -85,7 +85,8 @@ impl RouteLimiter {
                 match &self.config.key {
                     RateLimitKey::ClientIp => {
                         let mut buf = [0u8; 64];
-                        keyed.check(ip_key(call.client_ip, &mut buf), now)
+                        let key = crate::proxy::forward::format_ip(call.client_ip, &mut buf);
+                        keyed.check(std::str::from_utf8(key).unwrap_or(""), now)
                     }
                     RateLimitKey::Header(name) => {
                         let v = call
@@ -118,15 +119,6 @@ impl RouteLimiter {
 
 fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
-}
-
-/// Formats an IP into a stack buffer: the limiter runs on every request, so no allocation.
-fn ip_key(ip: std::net::IpAddr, buf: &mut [u8; 64]) -> &str {
-    use std::io::Write;
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    let _ = write!(cursor, "{ip}");
-    let len = cursor.position() as usize;
-    std::str::from_utf8(&buf[..len]).unwrap_or("")
 }
 
 #[derive(Clone)]
@@ -180,19 +172,5 @@ where
             return Box::pin(async move { Err(e) });
         }
         self.inner.call(call)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ip_keys_format_without_allocating() {
-        let mut buf = [0u8; 64];
-        assert_eq!(ip_key("10.1.2.3".parse().unwrap(), &mut buf), "10.1.2.3");
-        let mut buf = [0u8; 64];
-        let v6 = "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff";
-        assert_eq!(ip_key(v6.parse().unwrap(), &mut buf), v6);
     }
 }

@@ -42,16 +42,20 @@ fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop headers, including any the `Connection` header names. When `upgrade` is
 /// set, `Upgrade` survives and `Connection: upgrade` is restored so the tunnel can be set up.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        if !(upgrade && name == header::UPGRADE) {
-            headers.remove(name);
+    // Most requests carry no `Connection` header (HTTP/1.1 keep-alive is the default, HTTP/2
+    // forbids it): skip the token scan for them.
+    if headers.contains_key(header::CONNECTION) {
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in listed {
+            if !(upgrade && name == header::UPGRADE) {
+                headers.remove(name);
+            }
         }
     }
     for name in HOP_BY_HOP.iter() {
@@ -100,23 +104,32 @@ pub fn client_ip(peer: &Peer, headers: &HeaderMap, trusted_proxies: &[Cidr]) -> 
         .unwrap_or(peer.ip)
 }
 
-/// Adds the forwarding headers an upstream expects behind a proxy.
-pub fn add_forwarding_headers(headers: &mut HeaderMap, peer: &Peer, host: &str, version: Version) {
-    let ip = peer.ip.to_string();
-    // Several x-forwarded-for lines are folded into one list, as RFC 9110 allows.
-    let prev: Vec<&str> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
-    let xff = if prev.is_empty() {
-        ip
+/// Adds the forwarding headers an upstream expects behind a proxy. `host` is the request's
+/// host as the client sent it (with its port, if any).
+pub fn add_forwarding_headers(
+    headers: &mut HeaderMap,
+    peer: &Peer,
+    host: &HeaderValue,
+    version: Version,
+) {
+    let mut ip_buf = [0u8; 64];
+    let ip = format_ip(peer.ip, &mut ip_buf);
+    let xff = if headers.contains_key(&X_FORWARDED_FOR) {
+        // Several x-forwarded-for lines are folded into one list, as RFC 9110 allows.
+        let mut list: Vec<u8> = Vec::with_capacity(64);
+        for v in headers.get_all(&X_FORWARDED_FOR) {
+            let v = v.as_bytes().trim_ascii();
+            if !v.is_empty() {
+                list.extend_from_slice(v);
+                list.extend_from_slice(b", ");
+            }
+        }
+        list.extend_from_slice(ip);
+        HeaderValue::from_bytes(&list)
     } else {
-        format!("{}, {ip}", prev.join(", "))
+        HeaderValue::from_bytes(ip)
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Ok(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
     }
     if !(peer.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
@@ -124,9 +137,7 @@ pub fn add_forwarding_headers(headers: &mut HeaderMap, peer: &Peer, host: &str, 
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
     if !(peer.trusted && headers.contains_key(&X_FORWARDED_HOST)) {
-        if let Ok(v) = HeaderValue::from_str(host) {
-            headers.insert(X_FORWARDED_HOST, v);
-        }
+        headers.insert(X_FORWARDED_HOST, host.clone());
     }
     let hop = match version {
         Version::HTTP_2 => "2 levee",
@@ -134,12 +145,21 @@ pub fn add_forwarding_headers(headers: &mut HeaderMap, peer: &Peer, host: &str, 
         _ => "1.1 levee",
     };
     let via = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {hop}"),
-        None => hop.to_string(),
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {hop}")).ok(),
+        None => Some(HeaderValue::from_static(hop)),
     };
-    if let Ok(v) = HeaderValue::from_str(&via) {
+    if let Some(v) = via {
         headers.insert(header::VIA, v);
     }
+}
+
+/// Formats an IP into a stack buffer (this runs on every request).
+pub fn format_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &[u8] {
+    use std::io::Write;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{ip}");
+    let len = cursor.position() as usize;
+    &buf[..len]
 }
 
 #[cfg(test)]
@@ -185,7 +205,12 @@ mod tests {
         let peer = Peer::new("10.0.0.9".parse().unwrap(), false, &[]);
         let mut h = map(&[("x-forwarded-for", "1.2.3.4")]);
         assert_eq!(client_ip(&peer, &h, &[]), peer.ip);
-        add_forwarding_headers(&mut h, &peer, "example.com", Version::HTTP_11);
+        add_forwarding_headers(
+            &mut h,
+            &peer,
+            &HeaderValue::from_static("example.com"),
+            Version::HTTP_11,
+        );
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "example.com");

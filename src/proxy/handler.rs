@@ -13,6 +13,7 @@ use crate::snapshot::{ListenerRuntime, Route};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,7 +43,7 @@ pub async fn handle(
     } else {
         String::new()
     };
-    let (resp, route, endpoint, host) = proxy(&snapshot, &conn, req, started).await;
+    let (resp, route, endpoint, host) = proxy(&snapshot, &conn, req, started, log).await;
     shared.metrics.in_flight.dec();
 
     let (mut resp, error_kind) = match resp {
@@ -104,6 +105,7 @@ async fn proxy<'a>(
     conn: &ConnContext,
     req: Request<Incoming>,
     started: Instant,
+    log: bool,
 ) -> Outcome<'a> {
     let settings = &conn.listener.config;
     if req.method() == Method::CONNECT {
@@ -117,15 +119,16 @@ async fn proxy<'a>(
     if header_bytes > settings.max_header_bytes {
         return (Err(ProxyError::HeadersTooLarge), None, None, None);
     }
-    let raw_host = match req.uri().authority() {
-        Some(a) => Some(a.as_str().to_string()),
-        None => req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string),
+    // The host as the client sent it: the authority of an absolute-form (or HTTP/2) target wins
+    // over the Host header, as RFC 9112 §3.2.2 requires.
+    let raw_host: Option<HeaderValue> = match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req.headers().get(header::HOST).cloned(),
     };
-    let host = match raw_host.as_deref().map(normalize_host) {
+    let host: Cow<'_, str> = match raw_host
+        .as_ref()
+        .map(|h| h.to_str().ok().and_then(normalize_host))
+    {
         Some(Some(h)) => h,
         Some(None) => {
             return (
@@ -135,7 +138,7 @@ async fn proxy<'a>(
                 None,
             )
         }
-        None if req.version() == Version::HTTP_10 => String::new(),
+        None if req.version() == Version::HTTP_10 => Cow::Borrowed(""),
         None => {
             return (
                 Err(ProxyError::BadRequest("missing Host header")),
@@ -150,11 +153,19 @@ async fn proxy<'a>(
         .find(&host, req.uri().path())
         .and_then(|i| snapshot.routes.get(i))
     else {
-        return (Err(ProxyError::NoRoute), None, None, Some(host));
+        return (
+            Err(ProxyError::NoRoute),
+            None,
+            None,
+            Some(host.into_owned()),
+        );
     };
-    match forward_to(route, conn, req, raw_host.as_deref().unwrap_or(""), started).await {
-        Ok((resp, endpoint)) => (Ok(resp), Some(route), Some(endpoint), Some(host)),
-        Err(e) => (Err(e), Some(route), None, Some(host)),
+    // Kept only for the access log: no allocation per request when it is off.
+    let host = log.then(|| host.into_owned());
+    let raw_host = raw_host.unwrap_or(HeaderValue::from_static(""));
+    match forward_to(route, conn, req, &raw_host, started).await {
+        Ok((resp, endpoint)) => (Ok(resp), Some(route), Some(endpoint), host),
+        Err(e) => (Err(e), Some(route), None, host),
     }
 }
 
@@ -162,7 +173,7 @@ async fn forward_to(
     route: &Route,
     conn: &ConnContext,
     mut req: Request<Incoming>,
-    raw_host: &str,
+    raw_host: &HeaderValue,
     started: Instant,
 ) -> Result<(Response<ResponseBody>, usize), ProxyError> {
     let settings = &conn.listener.config;
@@ -195,10 +206,8 @@ async fn forward_to(
     let headers = upstream_req.headers_mut();
     forward::strip_hop_by_hop(headers, upgrade);
     forward::add_forwarding_headers(headers, &peer, raw_host, version);
-    if !headers.contains_key(header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(raw_host) {
-            headers.insert(header::HOST, v);
-        }
+    if !headers.contains_key(header::HOST) && !raw_host.is_empty() {
+        headers.insert(header::HOST, raw_host.clone());
     }
 
     let call = Call {

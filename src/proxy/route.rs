@@ -5,6 +5,7 @@
 //! is matched only inside it: a request for `api.example.com` never falls through to the routes of
 //! another host because its path matched nothing.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 /// Routes for one host, longest prefix first.
@@ -78,7 +79,8 @@ impl Router {
 }
 
 /// Lowercase host without port, from a `Host` header or URI authority; `None` when malformed.
-pub fn normalize_host(raw: &str) -> Option<String> {
+/// Borrows when the host is already in that form, which is the common case.
+pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
     let raw = raw.trim();
     let host = if let Some(rest) = raw.strip_prefix('[') {
         let end = rest.find(']')?;
@@ -97,7 +99,11 @@ pub fn normalize_host(raw: &str) -> Option<String> {
     {
         return None;
     }
-    Some(host.to_ascii_lowercase())
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(Cow::Owned(host.to_ascii_lowercase()))
+    } else {
+        Some(Cow::Borrowed(host))
+    }
 }
 
 #[cfg(test)]
@@ -141,8 +147,11 @@ mod tests {
             Some("api.example.com")
         );
         assert_eq!(normalize_host("[::1]:80").as_deref(), Some("[::1]"));
-        assert_eq!(normalize_host("example.com."), Some("example.com".into()));
-        assert_eq!(normalize_host("a b"), None);
-        assert_eq!(normalize_host("host:port"), None);
+        assert_eq!(
+            normalize_host("example.com.").as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(normalize_host("a b").as_deref(), None);
+        assert_eq!(normalize_host("host:port").as_deref(), None);
     }
 }
