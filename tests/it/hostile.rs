@@ -45,7 +45,10 @@ async fn assert_closed_without_second_response(c: &mut RawConn) {
 
 fn assert_nothing_smuggled(origin: &OriginHandle) {
     for seen in origin.seen() {
-        assert_ne!(seen.path, "/smuggled", "a smuggled request reached the origin");
+        assert_ne!(
+            seen.path, "/smuggled",
+            "a smuggled request reached the origin"
+        );
     }
 }
 
@@ -95,7 +98,10 @@ async fn content_length_with_chunked_is_not_smuggled() {
             400 => assert!(new.is_empty(), "rejected, yet the origin saw {new:?}"),
             200 => {
                 assert_eq!(new.len(), 1, "one request sent, origin saw {new:?}");
-                assert_eq!(new[0].body_len, 0, "must be framed by Transfer-Encoding (empty chunked body)");
+                assert_eq!(
+                    new[0].body_len, 0,
+                    "must be framed by Transfer-Encoding (empty chunked body)"
+                );
                 assert!(
                     !new[0].headers.contains_key("content-length")
                         || new[0].headers["content-length"] == "0",
@@ -132,7 +138,9 @@ async fn conflicting_or_malformed_content_length_is_400() {
             &proxy,
             &origin,
             &format!("Content-Length {bad:?}"),
-            &format!("POST / HTTP/1.1\r\nHost: known.example\r\nContent-Length: {bad}\r\n\r\nhello"),
+            &format!(
+                "POST / HTTP/1.1\r\nHost: known.example\r\nContent-Length: {bad}\r\n\r\nhello"
+            ),
         )
         .await;
     }
@@ -263,7 +271,9 @@ async fn oversized_header_section_is_431() {
     let huge = "c".repeat(64 * 1024);
     let mut c = RawConn::connect(proxy.addr).await;
     let _ = c
-        .try_send(format!("GET / HTTP/1.1\r\nHost: known.example\r\nX-Huge: {huge}\r\n\r\n"))
+        .try_send(format!(
+            "GET / HTTP/1.1\r\nHost: known.example\r\nX-Huge: {huge}\r\n\r\n"
+        ))
         .await;
     if let Some(r) = c.read_response().await {
         assert_eq!(r.status, 431, "{r:?}");
@@ -310,8 +320,7 @@ async fn too_many_header_fields_closes_the_connection() {
 #[tokio::test]
 async fn slowloris_is_cut_off() {
     let origin = Origin::new().start().await;
-    let proxy =
-        TestProxy::start(&config(origin.addr, "header_read_timeout = \"300ms\"", "")).await;
+    let proxy = TestProxy::start(&config(origin.addr, "header_read_timeout = \"300ms\"", "")).await;
     let mut slow = RawConn::connect(proxy.addr).await;
     slow.send("GET / HT").await;
 
@@ -328,7 +337,10 @@ async fn slowloris_is_cut_off() {
     // Bounded by the raw reader's limit (10s), far above the 300ms timeout.
     let (bytes, how) = slow.read_to_close().await;
     let text = String::from_utf8_lossy(&bytes);
-    assert!(!text.contains(" 200 "), "the stalled request was answered: {text:?}");
+    assert!(
+        !text.contains(" 200 "),
+        "the stalled request was answered: {text:?}"
+    );
     assert!(matches!(how, Closed::Eof | Closed::Error));
     assert_eq!(origin.hits(), 1);
 }
@@ -342,10 +354,16 @@ async fn max_connections_closes_extra_connections() {
     let get = "GET / HTTP/1.1\r\nHost: known.example\r\n\r\n";
     let mut first = RawConn::connect(proxy.addr).await;
     first.send(get).await;
-    assert_eq!(first.read_response().await.expect("first served").status, 200);
+    assert_eq!(
+        first.read_response().await.expect("first served").status,
+        200
+    );
     let mut second = RawConn::connect(proxy.addr).await;
     second.send(get).await;
-    assert_eq!(second.read_response().await.expect("second served").status, 200);
+    assert_eq!(
+        second.read_response().await.expect("second served").status,
+        200
+    );
 
     let mut third = RawConn::connect(proxy.addr).await;
     let _ = third.try_send(get).await;
@@ -463,7 +481,10 @@ async fn trusted_proxy_forwarded_for_is_the_rate_limit_key() {
     let r = get_with_xff(&proxy, "198.51.100.2").await;
     assert_eq!(r.status, 200, "{r:?}");
     let r = get_with_xff(&proxy, "198.51.100.1").await;
-    assert_eq!(r.status, 429, "the same forwarded client must still be limited");
+    assert_eq!(
+        r.status, 429,
+        "the same forwarded client must still be limited"
+    );
     assert_eq!(r.error_kind(), "rate_limited");
     assert_eq!(origin.hits(), 2);
 }
