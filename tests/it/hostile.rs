@@ -540,3 +540,36 @@ async fn body_over_max_body_is_413() {
     assert_eq!(seen.path, "/ok");
     assert_eq!(seen.body_len, 1024);
 }
+
+/// When levee answers without reading a declared body (413, 404), the unread body must never be
+/// parsed as the next request on the connection: it is drained or the connection is closed.
+#[tokio::test]
+async fn unread_body_of_a_refused_request_is_not_parsed_as_a_request() {
+    let origin = Origin::new().start().await;
+    let proxy = TestProxy::start(&config(origin.addr, "", "max_body = 1024")).await;
+    let mut body = SMUGGLED.to_string();
+    body.push_str(&"z".repeat(2048 - body.len()));
+    let heads = [
+        ("413", "POST /big HTTP/1.1\r\nHost: known.example\r\n"),
+        ("404", "POST /x HTTP/1.1\r\nHost: unknown.example\r\n"),
+    ];
+    for (what, head) in heads {
+        let before = origin.hits();
+        let mut c = RawConn::connect(proxy.addr).await;
+        c.send(format!(
+            "{head}Content-Length: 2048\r\n\r\n{body}GET /second HTTP/1.1\r\nHost: known.example\r\n\r\n"
+        ))
+        .await;
+        let r = c.read_response().await.expect("a response");
+        assert_eq!(r.status.to_string(), what, "{r:?}");
+        // Either the connection closes, or the next request parsed is the real second one.
+        if let Some(r2) = c.read_response().await {
+            assert_eq!(r2.status, 200, "{what}: {r2:?}");
+            assert_eq!(origin.hits(), before + 1);
+            assert_eq!(origin.last().unwrap().path, "/second");
+        } else {
+            assert_eq!(origin.hits(), before);
+        }
+    }
+    assert_nothing_smuggled(&origin);
+}
