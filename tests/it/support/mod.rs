@@ -5,6 +5,7 @@
 pub mod client;
 pub mod origin;
 pub mod proxy;
+pub mod scrape;
 
 #[allow(unused_imports)]
 pub use client::{Client, Reply};
