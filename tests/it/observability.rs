@@ -60,14 +60,12 @@ endpoints = ["{steady}"]
 
 /// Sends GETs to "/" until the breaker answers `circuit_open`; returns the upstream 500s seen.
 async fn trip_breaker(client: &Client, proxy: &TestProxy) -> usize {
-    let mut upstream_errors = 0;
-    for _ in 0..20 {
+    for upstream_errors in 0..20 {
         let r = client.get(&proxy.url("/")).await;
         if r.error_kind() == "circuit_open" {
             return upstream_errors;
         }
         assert_eq!(r.status, 500, "{r:?}");
-        upstream_errors += 1;
     }
     panic!("the breaker never opened");
 }
