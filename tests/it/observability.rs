@@ -4,6 +4,7 @@ use crate::support::origin::dead_addr;
 use crate::support::scrape::{get_json, get_text, metric_or_zero, metric_value, upstream};
 use crate::support::*;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 /// Routes: "app" (/) with a breaker that trips quickly, "retrying" (/retry) with retries on 500,
 /// "limited" (/limited) with a small rate limit; each on its own upstream and origin.
@@ -265,4 +266,64 @@ async fn status_command_prints_the_open_breaker() {
         "names the address: {stderr}"
     );
     assert!(stderr.contains("cannot read"), "{stderr}");
+}
+
+#[tokio::test]
+async fn metrics_show_ejected_endpoints() {
+    let good = Origin::new().start().await;
+    let bad = Origin::new().status(500).start().await;
+    let cfg = crate::support::proxy::simple_config(
+        &[good.addr, bad.addr],
+        "",
+        "[upstream.outlier_detection]\nconsecutive_failures = 3\nbase_ejection_time = \"30s\"\n",
+    );
+    let proxy = TestProxy::start(&cfg).await;
+    let client = Client::new();
+    let (bad_addr, good_addr) = (bad.addr.to_string(), good.addr.to_string());
+    let before = get_text(&proxy.admin_url("/metrics")).await;
+    for ep in [&bad_addr, &good_addr] {
+        assert_eq!(
+            metric_value(
+                &before,
+                "levee_endpoint_healthy",
+                &[("upstream", "app"), ("endpoint", ep)]
+            ),
+            Some(1.0),
+            "{before}"
+        );
+    }
+    eventually(
+        "the failing endpoint is ejected",
+        Duration::from_secs(10),
+        || async {
+            let _ = client.get(&proxy.url("/")).await;
+            bad.hits() >= 3
+        },
+    )
+    .await;
+
+    let after = get_text(&proxy.admin_url("/metrics")).await;
+    let labels =
+        |ep: &str| [("upstream", "app"), ("endpoint", ep)].map(|(k, v)| (k, v.to_string()));
+    let value = |name: &str, ep: &str| {
+        let l = labels(ep);
+        let l: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        metric_or_zero(&after, name, &l)
+    };
+    assert_eq!(
+        value("levee_endpoint_ejections_total", &bad_addr),
+        1.0,
+        "{after}"
+    );
+    assert_eq!(
+        value("levee_endpoint_ejections_total", &good_addr),
+        0.0,
+        "{after}"
+    );
+    assert_eq!(
+        value("levee_endpoint_healthy", &bad_addr),
+        0.0,
+        "an ejected endpoint gets no traffic: {after}"
+    );
+    assert_eq!(value("levee_endpoint_healthy", &good_addr), 1.0, "{after}");
 }
