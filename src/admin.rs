@@ -76,11 +76,17 @@ async fn serve(
                 text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "not ready\n")
             }
         }
-        (&Method::GET, "/metrics") => text(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            shared.metrics.encode(),
-        ),
+        (&Method::GET, "/metrics") => {
+            let now = tokio::time::Instant::now();
+            for u in &shared.snapshot.load().upstreams {
+                u.refresh_endpoint_gauges(now);
+            }
+            text(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                shared.metrics.encode(),
+            )
+        }
         (&Method::GET, "/status") => {
             text(StatusCode::OK, JSON, status::render(&shared).to_string())
         }

@@ -90,6 +90,16 @@ impl Upstream {
         })
     }
 
+    /// Brings each endpoint's `levee_endpoint_healthy` gauge up to date: 1 only when it can get
+    /// traffic, i.e. passes health checks and is not ejected. Ejections end by the clock, with no
+    /// event to hook, so this runs when metrics are scraped.
+    pub fn refresh_endpoint_gauges(&self, now: tokio::time::Instant) {
+        for (i, (ep, gauge)) in self.endpoints.iter().zip(&self.metrics.healthy).enumerate() {
+            let usable = ep.healthy.load(Ordering::Relaxed) && !self.outlier.is_ejected(i, now);
+            gauge.set(i64::from(usable));
+        }
+    }
+
     /// Starts active health checks once per upstream (not again when a reload keeps it).
     pub fn start_health_checks(self: &Arc<Self>) {
         if self.config.health_check.is_some() && !self.health_started.swap(true, Ordering::AcqRel) {

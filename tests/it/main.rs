@@ -5,3 +5,5 @@ mod support;
 
 mod core;
 mod hostile;
+mod observability;
+mod resilience;
