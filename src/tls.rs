@@ -125,6 +125,17 @@ pub fn expiry_warning(path: &Path) -> Option<String> {
     })
 }
 
+/// Checks an upstream CA file the way the upstream client will load it.
+pub fn check_ca(path: &Path) -> Result<(), String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in read_certs(path)? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("CA {} is not usable: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// One listener certificate and the names it answers for.
 #[derive(Debug)]
 struct SniEntry {

@@ -529,6 +529,8 @@ fn upstream_tls(
                         let p = resolve(base_dir, &s);
                         if let Err(e) = std::fs::metadata(&p) {
                             d.at(span.clone(), format!("cannot read tls.ca file {}: {e}", p.display()));
+                        } else if let Err(e) = crate::tls::check_ca(&p) {
+                            d.at(span.clone(), format!("tls.ca: {e}"));
                         }
                         tls.ca = Some(p);
                     }

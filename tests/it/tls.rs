@@ -386,3 +386,35 @@ tls = {{ ca = "{}", server_name = "origin.test" }}
     let r = try_get(&proxy.url("/")).await.unwrap();
     assert_eq!(r.0, 502, "{r:?}");
 }
+
+#[test]
+fn check_reports_an_upstream_ca_without_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = gen_cert(dir.path(), "a.test", None);
+    let path = dir.path().join("levee.toml");
+    let text = format!(
+        r#"[[listener]]
+name = "main"
+bind = "127.0.0.1:0"
+
+[[route]]
+name = "app"
+upstream = "secure"
+
+[[upstream]]
+name = "secure"
+endpoints = ["127.0.0.1:9"]
+tls = {{ ca = "{}" }}
+"#,
+        a.key.display()
+    );
+    std::fs::write(&path, &text).unwrap();
+    let (code, out) = check(&path);
+    assert_eq!(code, 1, "{out}");
+    let line = text.lines().position(|l| l.starts_with("tls = ")).unwrap() + 1;
+    assert!(
+        out.contains(&format!("{}:{line}:7: tls.ca:", path.display())),
+        "{out}"
+    );
+    assert!(out.contains("holds no PEM certificate"), "{out}");
+}
