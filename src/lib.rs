@@ -19,5 +19,6 @@ pub mod status;
 pub mod status_cli;
 pub mod tls;
 pub mod upstream;
+pub mod watch;
 
 pub use runtime::{ConfigSource, Levee, StartError};

@@ -34,7 +34,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy.
-    Run,
+    Run {
+        /// Reload when the config file or a listener's certificate or key file changes
+        /// (same as `[admin] watch = true`).
+        #[arg(long)]
+        watch: bool,
+    },
     /// Parse and fully validate the config; bind nothing.
     Check,
     /// Run levee in front of two built-in demo backends.
@@ -60,7 +65,14 @@ fn main() -> ExitCode {
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
     match cli.command {
-        Some(Command::Check) => check(config),
+        Some(Command::Check) => {
+            // Warnings (an expired certificate) go to stderr next to the errors.
+            logging::init(
+                Some(cli.log_level.as_deref().unwrap_or("warn")),
+                cli.log_format,
+            );
+            check(config)
+        }
         Some(Command::Status { ref admin }) => levee::status_cli::run(admin),
         Some(Command::Demo {
             ref bind,
@@ -73,12 +85,17 @@ fn main() -> ExitCode {
                 async move { levee::demo::run(&bind, &admin).await },
             )
         }
-        Some(Command::Run) | None => {
+        Some(Command::Run { watch }) => {
             logging::init(cli.log_level.as_deref(), cli.log_format);
-            run_async(
-                cli.workers,
-                async move { run(ConfigSource::File(config)).await },
-            )
+            run_async(cli.workers, async move {
+                run(ConfigSource::File(config), watch).await
+            })
+        }
+        None => {
+            logging::init(cli.log_level.as_deref(), cli.log_format);
+            run_async(cli.workers, async move {
+                run(ConfigSource::File(config), false).await
+            })
         }
     }
 }
@@ -130,7 +147,15 @@ fn run_async(workers: Option<usize>, fut: impl std::future::Future<Output = Exit
     }
 }
 
-async fn run(source: ConfigSource) -> ExitCode {
+async fn run(source: ConfigSource, watch: bool) -> ExitCode {
+    // Before binding: a SIGHUP right after the listeners are up must reload, not kill us.
+    let signals = match levee::lifecycle::Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
     let levee = match Levee::start(source).await {
         Ok(l) => l,
         Err(e) => {
@@ -141,11 +166,14 @@ async fn run(source: ConfigSource) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if watch {
+        levee.start_watching();
+    }
     levee::lifecycle::notify_ready(&levee).await;
-    serve_until_signal(levee).await
+    serve_until_signal(levee, signals).await
 }
 
 /// Reloads on SIGHUP, drains on SIGTERM/SIGINT.
-pub async fn serve_until_signal(levee: Arc<Levee>) -> ExitCode {
-    levee::lifecycle::wait_for_signals(levee).await
+async fn serve_until_signal(levee: Arc<Levee>, signals: levee::lifecycle::Signals) -> ExitCode {
+    signals.serve(levee).await
 }

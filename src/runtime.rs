@@ -76,6 +76,10 @@ pub struct Levee {
     listeners: Mutex<HashMap<String, ListenerHandle>>,
     admin_addr: Option<SocketAddr>,
     reload_lock: Mutex<()>,
+    /// Itself, for starting the file watch from `&self`.
+    me: std::sync::Weak<Levee>,
+    /// The file watch, once started (`[admin] watch = true` or `levee run --watch`).
+    watch: parking_lot::Mutex<Option<Arc<parking_lot::Mutex<crate::watch::FileWatch>>>>,
 }
 
 impl Levee {
@@ -119,10 +123,37 @@ impl Levee {
                 listeners: Mutex::new(listeners),
                 admin_addr,
                 reload_lock: Mutex::new(()),
+                me: weak.clone(),
+                watch: parking_lot::Mutex::new(None),
             }
         });
+        if levee.shared.snapshot.load().config.admin.watch {
+            levee.start_watching();
+        }
         shared.ready.store(true, Ordering::Release);
         Ok(levee)
+    }
+
+    /// Starts watching the config file and the listeners' certificate and key files; a change
+    /// reloads (debounced). Idempotent; does nothing for a config that is not a file.
+    pub fn start_watching(&self) {
+        let ConfigSource::File(path) = &self.source else {
+            return;
+        };
+        let Some(me) = self.me.upgrade() else { return };
+        let mut slot = self.watch.lock();
+        if slot.is_some() {
+            return;
+        }
+        match crate::watch::start(&me, path) {
+            Ok(w) => *slot = Some(w),
+            Err(e) => tracing::error!("{e}"),
+        }
+    }
+
+    /// Whether the file watch runs.
+    pub fn is_watching(&self) -> bool {
+        self.watch.lock().is_some()
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
@@ -150,7 +181,17 @@ impl Levee {
     /// config is unchanged) and reconciles listeners. On failure the running config stays.
     pub async fn reload(&self) -> Result<u64, ConfigErrors> {
         let _serial = self.reload_lock.lock().await;
+        crate::lifecycle::notify_reloading();
         let result = self.try_reload().await;
+        crate::lifecycle::notify_reloaded(
+            result
+                .as_ref()
+                .map(|v| *v)
+                .map_err(|_| self.shared.snapshot.load().version),
+        );
+        if result.is_ok() && self.shared.snapshot.load().config.admin.watch {
+            self.start_watching();
+        }
         let metrics = &self.shared.metrics;
         let outcome = match &result {
             Ok(v) => {

@@ -35,6 +35,107 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
         .ok_or_else(|| format!("{} holds no PKCS#8, RSA or EC private key", path.display()))
 }
 
+/// Reads one DER TLV: (tag, content, rest). Enough DER for walking to a certificate's validity.
+fn der_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, mut rest) = rest.split_first()?;
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let (bytes, r) = rest.split_at(n);
+        rest = r;
+        bytes
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b))
+    };
+    if rest.len() < len {
+        return None;
+    }
+    let (content, rest) = rest.split_at(len);
+    Some((tag, content, rest))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Parses an X.509 UTCTime (tag 0x17) or GeneralizedTime (0x18) in UTC into Unix seconds.
+fn x509_time(tag: u8, content: &[u8]) -> Option<i64> {
+    let s = std::str::from_utf8(content).ok()?.strip_suffix('Z')?;
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (year, rest) = match tag {
+        0x17 => {
+            let yy = num(0..2)?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, 2)
+        }
+        0x18 => (num(0..4)?, 4),
+        _ => return None,
+    };
+    let at = |i: usize| num(rest + i..rest + i + 2);
+    let days = days_from_civil(year, at(0)?, at(2)?);
+    Some(days * 86_400 + at(4)? * 3600 + at(6)? * 60 + at(8)?)
+}
+
+/// A certificate's notAfter, in seconds since the Unix epoch.
+pub fn not_after(cert: &[u8]) -> Option<i64> {
+    let (_, cert, _) = der_tlv(cert)?;
+    let (_, tbs, _) = der_tlv(cert)?;
+    let (mut tag, _, mut rest) = der_tlv(tbs)?;
+    if tag == 0xa0 {
+        // [0] version, then the serial number.
+        (tag, _, rest) = der_tlv(rest)?;
+    }
+    if tag != 0x02 {
+        return None;
+    }
+    let (_, _, rest) = der_tlv(rest)?; // signature algorithm
+    let (_, _, rest) = der_tlv(rest)?; // issuer
+    let (_, validity, _) = der_tlv(rest)?;
+    let (_, _, validity) = der_tlv(validity)?; // notBefore
+    let (tag, after, _) = der_tlv(validity)?;
+    x509_time(tag, after)
+}
+
+/// A warning when the leaf certificate in `path` has expired (levee still serves it: an expired
+/// certificate is a warning, not an error, so a reload never takes a site down over it).
+pub fn expiry_warning(path: &Path) -> Option<String> {
+    let certs = read_certs(path).ok()?;
+    let expires = not_after(certs.first()?)?;
+    let now = i64::try_from(UnixTime::now().as_secs()).ok()?;
+    (expires < now).then(|| {
+        let days = (now - expires) / 86_400;
+        let when = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(expires.max(0).unsigned_abs()),
+        );
+        format!(
+            "certificate {} expired on {when} ({days} days ago); clients will refuse it",
+            path.display()
+        )
+    })
+}
+
+/// Checks an upstream CA file the way the upstream client will load it.
+pub fn check_ca(path: &Path) -> Result<(), String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in read_certs(path)? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("CA {} is not usable: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// One listener certificate and the names it answers for.
 #[derive(Debug)]
 struct SniEntry {

@@ -65,6 +65,17 @@ impl<'a> Diagnostics<'a> {
         });
     }
 
+    /// How many problems so far.
+    pub fn problem_count(&self) -> usize {
+        self.problems.len()
+    }
+
+    /// `FILE:LINE:COL` of a span, for warnings that are logged rather than collected.
+    pub fn position(&self, span: Range<usize>) -> String {
+        let (line, column) = line_col(self.text, span.start);
+        format!("{}:{line}:{column}", self.file)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.problems.is_empty()
     }

@@ -150,20 +150,37 @@ fn listener(
                 "tls needs at least one entry in certificates = [{ cert = ..., key = ... }]",
             );
         }
-        ListenerTls {
-            certificates: tls
-                .certificates
-                .into_iter()
-                .map(|c| {
-                    let c = c.into_inner();
-                    CertificateConfig {
-                        cert: readable_file(base_dir, &c.cert, "certificate", d),
-                        key: readable_file(base_dir, &c.key, "key", d),
-                        server_names: c.server_names.unwrap_or_default(),
+        let certificates: Vec<CertificateConfig> = tls
+            .certificates
+            .into_iter()
+            .map(|c| {
+                let entry = c.span();
+                let c = c.into_inner();
+                let errors = d.problem_count();
+                let cert = CertificateConfig {
+                    cert: readable_file(base_dir, &c.cert, "certificate", d),
+                    key: readable_file(base_dir, &c.key, "key", d),
+                    server_names: c.server_names.unwrap_or_default(),
+                };
+                // Both files are there: load them exactly as the listener will (PEM, key type,
+                // key matches cert), and report a problem at this certificate entry.
+                if d.problem_count() == errors {
+                    let one = ListenerTls {
+                        certificates: vec![cert.clone()],
+                    };
+                    match crate::tls::server_config(&one) {
+                        Ok(_) => {
+                            if let Some(w) = crate::tls::expiry_warning(&cert.cert) {
+                                tracing::warn!("{}: {w}", d.position(entry.clone()));
+                            }
+                        }
+                        Err(e) => d.at(entry, e),
                     }
-                })
-                .collect(),
-        }
+                }
+                cert
+            })
+            .collect();
+        ListenerTls { certificates }
     });
     let max_header_bytes = raw.max_header_bytes.map(|s| s.0).unwrap_or(64 * 1024);
     Some(ListenerConfig {
@@ -512,6 +529,8 @@ fn upstream_tls(
                         let p = resolve(base_dir, &s);
                         if let Err(e) = std::fs::metadata(&p) {
                             d.at(span.clone(), format!("cannot read tls.ca file {}: {e}", p.display()));
+                        } else if let Err(e) = crate::tls::check_ca(&p) {
+                            d.at(span.clone(), format!("tls.ca: {e}"));
                         }
                         tls.ca = Some(p);
                     }

@@ -5,5 +5,7 @@ mod support;
 
 mod core;
 mod hostile;
+mod lifecycle;
 mod observability;
 mod resilience;
+mod tls;
