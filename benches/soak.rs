@@ -24,7 +24,10 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// An origin on a fixed port that can be stopped, restarted and flipped to failing.
@@ -50,7 +53,8 @@ impl Origin {
                     let svc = service_fn(move |_req| {
                         let fail = f.load(Ordering::Relaxed);
                         async move {
-                            let mut r = http::Response::new(Full::new(Bytes::from_static(b"soak ok\n")));
+                            let mut r =
+                                http::Response::new(Full::new(Bytes::from_static(b"soak ok\n")));
                             if fail {
                                 *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
                             }
@@ -63,7 +67,11 @@ impl Origin {
                 });
             }
         });
-        Origin { addr, failing, task: Some(task) }
+        Origin {
+            addr,
+            failing,
+            task: Some(task),
+        }
     }
 
     fn stop(&mut self) {
@@ -74,7 +82,10 @@ impl Origin {
 }
 
 fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -132,7 +143,8 @@ async fn main() {
     let secs: u64 = env("SOAK_SECS", 600);
     let clients: usize = env("SOAK_CLIENTS", 16);
     let reload_ms: u64 = env("SOAK_RELOAD_MS", 300);
-    let bin = std::env::var("LEVEE_BIN").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/levee").into());
+    let bin = std::env::var("LEVEE_BIN")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/levee").into());
     if !std::path::Path::new(&bin).exists() {
         eprintln!("soak: {bin} not found; run `cargo build --release` first (or set LEVEE_BIN)");
         std::process::exit(2);
@@ -162,7 +174,10 @@ async fn main() {
                 break;
             }
         }
-        assert!(Instant::now() < ready_deadline, "levee did not become ready");
+        assert!(
+            Instant::now() < ready_deadline,
+            "levee did not become ready"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -174,17 +189,26 @@ async fn main() {
     let outcomes: Arc<Mutex<BTreeMap<String, u64>>> = Arc::new(Mutex::new(BTreeMap::new()));
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        let (stop, sent, outcomes, client) = (stop.clone(), sent.clone(), outcomes.clone(), client.clone());
+        let (stop, sent, outcomes, client) =
+            (stop.clone(), sent.clone(), outcomes.clone(), client.clone());
         tasks.push(tokio::spawn(async move {
             let mut local: BTreeMap<String, u64> = BTreeMap::new();
             while !stop.load(Ordering::Relaxed) {
                 sent.fetch_add(1, Ordering::Relaxed);
                 let uri: http::Uri = format!("http://{listen}/soak").parse().unwrap();
-                let key = match tokio::time::timeout(Duration::from_secs(5), client.get(uri)).await {
+                let key = match tokio::time::timeout(Duration::from_secs(5), client.get(uri)).await
+                {
                     Err(_) => "client-timeout".to_string(),
-                    Ok(Err(e)) => format!("transport-error ({})", if e.is_connect() { "connect" } else { "other" }),
+                    Ok(Err(e)) => format!(
+                        "transport-error ({})",
+                        if e.is_connect() { "connect" } else { "other" }
+                    ),
                     Ok(Ok(r)) => {
-                        let kind = r.headers().get("x-levee-error").and_then(|v| v.to_str().ok()).map(str::to_string);
+                        let kind = r
+                            .headers()
+                            .get("x-levee-error")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_string);
                         let status = r.status().as_u16();
                         match r.into_body().collect().await {
                             Err(_) => "truncated-body".to_string(),
@@ -213,7 +237,9 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(reload_ms)).await;
         tick += 1;
         std::fs::write(&cfg_path, config(listen, admin, &origin_addrs, tick)).unwrap();
-        let req = http::Request::post(format!("http://{admin}/reload")).body(Full::default()).unwrap();
+        let req = http::Request::post(format!("http://{admin}/reload"))
+            .body(Full::default())
+            .unwrap();
         match http_post.request(req).await {
             Ok(r) if r.status() == 200 => reloads_ok += 1,
             _ => reloads_failed += 1,
@@ -248,13 +274,28 @@ async fn main() {
         let _ = t.await;
     }
     let rss_end = rss_kib(pid);
-    let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
     let status = child.wait().unwrap();
     let outcomes = outcomes.lock().await;
-    let answered: u64 = outcomes.iter().filter(|(k, _)| k.starts_with(char::is_numeric)).map(|(_, v)| v).sum();
-    println!("sent {}  answered {}  reloads ok {}  failed {}", sent.load(Ordering::Relaxed), answered, reloads_ok, reloads_failed);
+    let answered: u64 = outcomes
+        .iter()
+        .filter(|(k, _)| k.starts_with(char::is_numeric))
+        .map(|(_, v)| v)
+        .sum();
+    println!(
+        "sent {}  answered {}  reloads ok {}  failed {}",
+        sent.load(Ordering::Relaxed),
+        answered,
+        reloads_ok,
+        reloads_failed
+    );
     for (k, v) in outcomes.iter() {
         println!("  {v:>10}  {k}");
     }
-    println!("RSS start {rss_start} KiB, end {rss_end} KiB ({:+.1}%); levee exited with {status}", (rss_end as f64 / rss_start.max(1) as f64 - 1.0) * 100.0);
+    println!(
+        "RSS start {rss_start} KiB, end {rss_end} KiB ({:+.1}%); levee exited with {status}",
+        (rss_end as f64 / rss_start.max(1) as f64 - 1.0) * 100.0
+    );
 }

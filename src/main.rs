@@ -1,6 +1,12 @@
 //! The `levee` command line: run, check, demo, status.
 
 use clap::{Parser, Subcommand};
+
+// mimalloc: a proxy allocates and frees many small buffers per request; glibc malloc showed up
+// at ~6% of CPU in profiles under load.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use levee::logging::{self, LogFormat};
 use levee::{ConfigSource, Levee};
 use std::path::PathBuf;

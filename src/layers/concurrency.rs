@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tower::{Layer, Service};
 
 /// Slots for requests in flight to one upstream, and a bounded number of waiters.
@@ -40,8 +41,11 @@ impl ConcurrencyLimit {
         self.pending.load(Ordering::Relaxed)
     }
 
-    /// Waits for a slot if there is room in the queue; the caller's deadline bounds the wait.
-    async fn acquire(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ProxyError> {
+    /// Waits for a slot if there is room in the queue, until `deadline` at most.
+    async fn acquire(
+        &self,
+        deadline: Instant,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, ProxyError> {
         if let Ok(p) = self.slots.clone().try_acquire_owned() {
             return Ok(p);
         }
@@ -56,10 +60,10 @@ impl ConcurrencyLimit {
             }
         }
         let _pending = Pending(&self.pending);
-        self.slots
-            .clone()
-            .acquire_owned()
+        // Only a request that has to queue pays for a timer.
+        tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned())
             .await
+            .map_err(|_| ProxyError::Overloaded)?
             .map_err(|_| ProxyError::Overloaded)
     }
 }
@@ -110,10 +114,7 @@ where
         let upstream = self.upstream.clone();
         let mut inner = self.inner.clone();
         Box::pin(async move {
-            let deadline = call.deadline;
-            let permit = tokio::time::timeout_at(deadline, upstream.concurrency.acquire())
-                .await
-                .map_err(|_| ProxyError::Overloaded)??;
+            let permit = upstream.concurrency.acquire(call.deadline).await?;
             let result = inner.call(call).await;
             drop(permit);
             result
@@ -128,14 +129,18 @@ mod tests {
     #[tokio::test]
     async fn refuses_beyond_pending() {
         let limit = Arc::new(ConcurrencyLimit::new(1, 1));
-        let held = limit.acquire().await.unwrap();
+        let far = Instant::now() + std::time::Duration::from_secs(60);
+        let held = limit.acquire(far).await.unwrap();
         assert_eq!(limit.active(), 1);
         let l2 = limit.clone();
-        let waiter = tokio::spawn(async move { l2.acquire().await.map(|_| ()) });
+        let waiter = tokio::spawn(async move { l2.acquire(far).await.map(|_| ()) });
         while limit.pending() == 0 {
             tokio::task::yield_now().await;
         }
-        assert!(matches!(limit.acquire().await, Err(ProxyError::Overloaded)));
+        assert!(matches!(
+            limit.acquire(far).await,
+            Err(ProxyError::Overloaded)
+        ));
         drop(held);
         assert!(waiter.await.unwrap().is_ok());
         assert_eq!(limit.pending(), 0);

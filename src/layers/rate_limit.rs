@@ -121,14 +121,15 @@ fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
+/// Applies the route's limiter, if it has one (an absent limiter costs one branch).
 #[derive(Clone)]
 pub struct RateLimitLayer {
-    limiter: Arc<RouteLimiter>,
+    limiter: Option<Arc<RouteLimiter>>,
     metrics: RouteMetrics,
 }
 
 impl RateLimitLayer {
-    pub fn new(limiter: Arc<RouteLimiter>, metrics: RouteMetrics) -> Self {
+    pub fn new(limiter: Option<Arc<RouteLimiter>>, metrics: RouteMetrics) -> Self {
         RateLimitLayer { limiter, metrics }
     }
 }
@@ -146,7 +147,7 @@ impl<S> Layer<S> for RateLimitLayer {
 
 #[derive(Clone)]
 pub struct RateLimitService<S> {
-    limiter: Arc<RouteLimiter>,
+    limiter: Option<Arc<RouteLimiter>>,
     metrics: RouteMetrics,
     inner: S,
 }
@@ -167,9 +168,11 @@ where
     }
 
     fn call(&mut self, call: Call) -> CallFuture {
-        if let Err(e) = self.limiter.check(&call, Instant::now()) {
-            self.metrics.rate_limited.inc();
-            return Box::pin(async move { Err(e) });
+        if let Some(limiter) = &self.limiter {
+            if let Err(e) = limiter.check(&call, Instant::now()) {
+                self.metrics.rate_limited.inc();
+                return Box::pin(async move { Err(e) });
+            }
         }
         self.inner.call(call)
     }

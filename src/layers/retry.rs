@@ -76,14 +76,15 @@ impl RetryPolicy {
     }
 }
 
+/// Applies the route's retry policy, if it has one; without one, calls pass straight through.
 #[derive(Clone)]
 pub struct RetryLayer {
-    policy: Arc<RetryPolicy>,
+    policy: Option<Arc<RetryPolicy>>,
     metrics: RouteMetrics,
 }
 
 impl RetryLayer {
-    pub fn new(policy: Arc<RetryPolicy>, metrics: RouteMetrics) -> Self {
+    pub fn new(policy: Option<Arc<RetryPolicy>>, metrics: RouteMetrics) -> Self {
         RetryLayer { policy, metrics }
     }
 }
@@ -101,7 +102,7 @@ impl<S> Layer<S> for RetryLayer {
 
 #[derive(Clone)]
 pub struct RetryService<S> {
-    policy: Arc<RetryPolicy>,
+    policy: Option<Arc<RetryPolicy>>,
     metrics: RouteMetrics,
     inner: S,
 }
@@ -162,7 +163,9 @@ where
     }
 
     fn call(&mut self, mut call: Call) -> CallFuture {
-        let policy = self.policy.clone();
+        let Some(policy) = self.policy.clone() else {
+            return self.inner.call(call);
+        };
         let metrics = self.metrics.clone();
         let mut inner = self.inner.clone();
         Box::pin(async move {

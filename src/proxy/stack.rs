@@ -10,25 +10,29 @@
 //! 7. outlier: per endpoint; records each answer for ejection.
 //! 8. client: the pooled connection, which enforces the call's deadline.
 
-use super::call::{Answer, Call};
-use crate::error::ProxyError;
-use crate::layers::breaker::BreakerLayer;
-use crate::layers::concurrency::ConcurrencyLayer;
-use crate::layers::outlier::OutlierLayer;
-use crate::layers::rate_limit::{RateLimitLayer, RouteLimiter};
-use crate::layers::retry::{RetryLayer, RetryPolicy};
-use crate::layers::timeout::TimeoutLayer;
+use crate::layers::breaker::{BreakerLayer, BreakerService};
+use crate::layers::concurrency::{ConcurrencyLayer, ConcurrencyService};
+use crate::layers::outlier::{OutlierLayer, OutlierService};
+use crate::layers::rate_limit::{RateLimitLayer, RateLimitService, RouteLimiter};
+use crate::layers::retry::{RetryLayer, RetryPolicy, RetryService};
+use crate::layers::timeout::{TimeoutLayer, TimeoutService};
 use crate::metrics::RouteMetrics;
-use crate::upstream::balance::BalanceLayer;
+use crate::upstream::balance::{BalanceLayer, BalanceService};
 use crate::upstream::client::ClientService;
 use crate::upstream::Upstream;
 use std::sync::Arc;
 use std::time::Duration;
-use tower::util::BoxCloneSyncService;
-use tower::Layer;
+use tower::ServiceBuilder;
 
-/// A route's composed service.
-pub type RouteStack = BoxCloneSyncService<Call, Answer, ProxyError>;
+/// A route's composed service: one concrete type, so a per-request clone is a handful of `Arc`
+/// increments and no allocation.
+pub type RouteStack = TimeoutService<
+    RateLimitService<
+        RetryService<
+            BalanceService<BreakerService<ConcurrencyService<OutlierService<ClientService>>>>,
+        >,
+    >,
+>;
 
 pub fn build(
     upstream: &Arc<Upstream>,
@@ -37,16 +41,13 @@ pub fn build(
     retry: Option<&Arc<RetryPolicy>>,
     metrics: &RouteMetrics,
 ) -> RouteStack {
-    let svc = ClientService::new(upstream.clone());
-    let svc = OutlierLayer::new(upstream.clone()).layer(svc);
-    let svc = ConcurrencyLayer::new(upstream.clone()).layer(svc);
-    let svc = BreakerLayer::new(upstream.clone()).layer(svc);
-    let mut svc = RouteStack::new(BalanceLayer::new(upstream.clone()).layer(svc));
-    if let Some(policy) = retry {
-        svc = RouteStack::new(RetryLayer::new(policy.clone(), metrics.clone()).layer(svc));
-    }
-    if let Some(limiter) = limiter {
-        svc = RouteStack::new(RateLimitLayer::new(limiter.clone(), metrics.clone()).layer(svc));
-    }
-    RouteStack::new(TimeoutLayer::new(timeout).layer(svc))
+    ServiceBuilder::new()
+        .layer(TimeoutLayer::new(timeout))
+        .layer(RateLimitLayer::new(limiter.cloned(), metrics.clone()))
+        .layer(RetryLayer::new(retry.cloned(), metrics.clone()))
+        .layer(BalanceLayer::new(upstream.clone()))
+        .layer(BreakerLayer::new(upstream.clone()))
+        .layer(ConcurrencyLayer::new(upstream.clone()))
+        .layer(OutlierLayer::new(upstream.clone()))
+        .service(ClientService::new(upstream.clone()))
 }
