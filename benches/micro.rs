@@ -28,12 +28,20 @@ fn router(c: &mut Criterion) {
     }
     let r = Router::new(routes);
     c.bench_function("router_match_100_routes", |b| {
-        b.iter(|| r.find(black_box("svc17.example.com"), black_box("/api/v1/users/42")))
+        b.iter(|| {
+            r.find(
+                black_box("svc17.example.com"),
+                black_box("/api/v1/users/42"),
+            )
+        })
     });
 }
 
 fn breaker(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
     let _g = rt.enter();
     let mut br = Breaker::new(BreakerSettings::default());
     c.bench_function("breaker_admit_record_closed", |b| {
@@ -41,20 +49,37 @@ fn breaker(c: &mut Criterion) {
             let now = Instant::now();
             let (adm, _) = br.admit(now);
             if let Admission::Admitted(t) = adm {
-                br.record(t, CallResult { failed: false, elapsed: Duration::from_millis(1) }, now);
+                br.record(
+                    t,
+                    CallResult {
+                        failed: false,
+                        elapsed: Duration::from_millis(1),
+                    },
+                    now,
+                );
             }
         })
     });
 }
 
 fn limiter(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
     let _g = rt.enter();
-    let s = GcraSettings { rps: 1e9, burst: 1_000_000 };
+    let s = GcraSettings {
+        rps: 1e9,
+        burst: 1_000_000,
+    };
     let cell = GcraCell::new(Instant::now());
-    c.bench_function("gcra_check_global", |b| b.iter(|| cell.check(black_box(&s), Instant::now())));
+    c.bench_function("gcra_check_global", |b| {
+        b.iter(|| cell.check(black_box(&s), Instant::now()))
+    });
     let keyed = KeyedLimiter::new(s, 100_000, Instant::now());
-    let keys: Vec<String> = (0..1000).map(|i| format!("10.0.{}.{}", i / 256, i % 256)).collect();
+    let keys: Vec<String> = (0..1000)
+        .map(|i| format!("10.0.{}.{}", i / 256, i % 256))
+        .collect();
     let mut i = 0;
     c.bench_function("gcra_check_keyed_1000_keys", |b| {
         b.iter(|| {
@@ -65,14 +90,22 @@ fn limiter(c: &mut Criterion) {
 }
 
 fn budget(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
     let _g = rt.enter();
     let budget = RetryBudget::new(0.2, 10, Duration::from_secs(10), Instant::now());
-    c.bench_function("retry_budget_deposit", |b| b.iter(|| budget.deposit(Instant::now())));
+    c.bench_function("retry_budget_deposit", |b| {
+        b.iter(|| budget.deposit(Instant::now()))
+    });
 }
 
 fn outlier(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
     let _g = rt.enter();
     let det = OutlierDetector::new(OutlierSettings::default(), 4);
     let mut i = 0;
@@ -82,11 +115,16 @@ fn outlier(c: &mut Criterion) {
             det.record(i, false, Instant::now())
         })
     });
-    c.bench_function("outlier_is_ejected", |b| b.iter(|| det.is_ejected(black_box(2), Instant::now())));
+    c.bench_function("outlier_is_ejected", |b| {
+        b.iter(|| det.is_ejected(black_box(2), Instant::now()))
+    });
 }
 
 fn balance(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let _g = rt.enter();
     let text = r#"
 [[listener]]
@@ -100,7 +138,9 @@ endpoints = ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003", "127.0.0.1:90
     let config = levee::config::parse("bench.toml", text, std::path::Path::new(".")).unwrap();
     let u: &UpstreamConfig = &config.upstreams[0];
     let upstream = Upstream::new(u, &Arc::new(Metrics::new())).unwrap();
-    c.bench_function("p2c_pick_4_endpoints", |b| b.iter(|| upstream.pick(None, Instant::now())));
+    c.bench_function("p2c_pick_4_endpoints", |b| {
+        b.iter(|| upstream.pick(None, Instant::now()))
+    });
 }
 
 fn headers(c: &mut Criterion) {
