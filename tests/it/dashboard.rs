@@ -38,7 +38,14 @@ async fn dashboard_is_self_contained_html() {
     assert!(csp.contains("default-src 'none'"), "{csp}");
     let page = r.text().to_ascii_lowercase();
     assert!(page.contains("<html") && page.contains("/status"));
-    for external in ["http://", "https://", "//fonts.", "<script src", "<link href", "@import"] {
+    for external in [
+        "http://",
+        "https://",
+        "//fonts.",
+        "<script src",
+        "<link href",
+        "@import",
+    ] {
         assert!(!page.contains(external), "the page references {external:?}");
     }
     // Whatever <link> it has points at an inline data: URL, never another host.
@@ -78,8 +85,14 @@ async fn status_has_history_and_actions() {
         .iter()
         .map(|v| v.as_u64().unwrap())
         .sum();
-    assert!(answered > sent, "route counts the 503s too: {answered} vs {sent}");
-    assert_eq!(route["history"]["rate_limited"].as_array().unwrap().len(), 60);
+    assert!(
+        answered > sent,
+        "route counts the 503s too: {answered} vs {sent}"
+    );
+    assert_eq!(
+        route["history"]["rate_limited"].as_array().unwrap().len(),
+        60
+    );
     assert_eq!(route["retries"], 0);
 
     // A reload that changes the upstream keeps its history (and the route's).
@@ -96,7 +109,10 @@ async fn status_has_history_and_actions() {
         .iter()
         .map(|v| v.as_u64().unwrap())
         .sum();
-    assert!(after >= sent, "history survived the reload: {after} < {sent}");
+    assert!(
+        after >= sent,
+        "history survived the reload: {after} < {sent}"
+    );
     assert_eq!(s["upstreams"][0]["breaker"]["state"], "closed");
 }
 
@@ -160,7 +176,10 @@ async fn browser_shows_the_open_breaker() {
         .and_then(|rest| rest.split("</pre>").next())
         .unwrap_or_else(|| panic!("no #errors element in the DOM:\n{dom}"));
     assert!(errors.is_empty(), "errors on the page: {errors}");
-    assert!(dom.contains("● live"), "the page never read /status:\n{dom}");
+    assert!(
+        dom.contains("● live"),
+        "the page never read /status:\n{dom}"
+    );
     let card = dom
         .split("<section class=\"upstream\"")
         .nth(1)
