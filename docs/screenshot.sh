@@ -52,9 +52,9 @@ hits() {
     for p in "${pids[@]}"; do wait "$p" || true; done
 }
 
-# ~20 s of mixed traffic, so every sparkline has a shape: the app route (retried onto the healthy
+# ~30 s of mixed traffic, so every sparkline has a shape: the app route (retried onto the healthy
 # backend), bursts over the rate limit, and the flaky route until its breaker opens.
-for round in $(seq 20); do
+for round in $(seq 30); do
     hits $((4 + round % 5)) / &
     p1=$!
     hits $((round % 4 * 3)) /limited &
