@@ -113,6 +113,13 @@ async fn status_has_history_and_actions() {
         after >= sent,
         "history survived the reload: {after} < {sent}"
     );
+    let route_after: u64 = s["routes"][0]["history"]["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert!(route_after >= answered, "route history survived the reload");
     assert_eq!(s["upstreams"][0]["breaker"]["state"], "closed");
 }
 
