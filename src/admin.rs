@@ -1,4 +1,4 @@
-//! The admin listener: `/healthz`, `/ready`, `/metrics`, `/status`, `POST /reload`.
+//! The admin listener: the dashboard at `/`, `/healthz`, `/ready`, `/metrics`, `/status`, `POST /reload`.
 //! It binds loopback by default; actions that change traffic are refused on other addresses
 //! unless `[admin] allow_actions = true`.
 
@@ -15,6 +15,9 @@ use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use tokio::net::TcpListener;
+
+/// The live dashboard: one self-contained page that polls `/status`.
+pub const DASHBOARD_HTML: &str = include_str!("dashboard.html");
 
 pub fn spawn(listener: TcpListener, shared: Arc<Shared>, levee: Weak<Levee>) {
     if let Ok(addr) = listener.local_addr() {
@@ -60,6 +63,26 @@ fn text(
     r
 }
 
+/// The dashboard, with a policy that lets it talk to this listener and nothing else.
+fn dashboard() -> Response<Full<Bytes>> {
+    let mut r = text(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD_HTML);
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; \
+             frame-ancestors 'none'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
 async fn serve(
     shared: Arc<Shared>,
     levee: Weak<Levee>,
@@ -68,6 +91,7 @@ async fn serve(
     const PLAIN: &str = "text/plain; charset=utf-8";
     const JSON: &str = "application/json";
     let resp = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/") => dashboard(),
         (&Method::GET, "/healthz") => text(StatusCode::OK, PLAIN, "ok\n"),
         (&Method::GET, "/ready") => {
             if shared.ready.load(Ordering::Acquire) {
@@ -121,7 +145,7 @@ async fn serve(
                 }
             }
         }
-        (_, "/healthz" | "/ready" | "/metrics" | "/status") => text(
+        (_, "/" | "/healthz" | "/ready" | "/metrics" | "/status") => text(
             StatusCode::METHOD_NOT_ALLOWED,
             PLAIN,
             "method not allowed\n",

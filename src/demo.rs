@@ -174,8 +174,10 @@ pub async fn run(bind: &str, admin: &str) -> ExitCode {
     println!(
         r#"levee demo is running.
 
+  dashboard: http://{admin}/   (open it in a browser; it refreshes every second)
+
   proxy      http://{proxy}
-  admin      http://{admin}   (dashboard at /, JSON at /status, Prometheus at /metrics)
+  admin      http://{admin}   (JSON at /status, Prometheus at /metrics)
   backends   healthy {healthy}, flaky {flaky} (fails 40%, stalls 10% for 3s)
 
 Try:

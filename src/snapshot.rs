@@ -4,6 +4,7 @@
 //! finishes on it, whatever reloads happen meanwhile.
 
 use crate::config::{Config, ListenerConfig};
+use crate::history::History;
 use crate::layers::rate_limit::RouteLimiter;
 use crate::layers::retry::RetryPolicy;
 use crate::metrics::{Metrics, RouteMetrics};
@@ -22,6 +23,8 @@ pub struct Route {
     pub limiter: Option<Arc<RouteLimiter>>,
     pub retry: Option<Arc<RetryPolicy>>,
     pub metrics: RouteMetrics,
+    /// Requests and 429s of the last minute, per second; kept across reloads by route name.
+    pub history: Arc<History>,
     pub stack: RouteStack,
 }
 
@@ -59,7 +62,15 @@ impl Snapshot {
                 .cloned();
             upstreams.push(match kept {
                 Some(old) => old,
-                None => Arc::new(Upstream::new(u, metrics)?),
+                None => {
+                    let mut fresh = Upstream::new(u, metrics)?;
+                    if let Some(old) = previous
+                        .and_then(|p| p.upstreams.iter().find(|old| old.config.name == u.name))
+                    {
+                        fresh.history = old.history.clone();
+                    }
+                    Arc::new(fresh)
+                }
             });
         }
         let mut routes = Vec::with_capacity(config.routes.len());
@@ -100,6 +111,7 @@ impl Snapshot {
                 limiter,
                 retry,
                 metrics: route_metrics,
+                history: old.map(|o| o.history.clone()).unwrap_or_default(),
                 stack,
             });
         }

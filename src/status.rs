@@ -20,11 +20,13 @@ pub fn render(shared: &Shared) -> Value {
     let snap = shared.snapshot.load_full();
     let now = Instant::now();
     let wall = SystemTime::now();
+    let second = crate::history::unix_second();
     let upstreams: Vec<Value> = snap
         .upstreams
         .iter()
         .map(|u| {
             let b = u.breaker.snapshot(now);
+            let h = u.history.series_at(second);
             let endpoints: Vec<Value> = u
                 .endpoints
                 .iter()
@@ -67,6 +69,10 @@ pub fn render(shared: &Shared) -> Value {
                 "pending_requests": u.concurrency.pending(),
                 "max_concurrent_requests": u.config.breaker.max_concurrent_requests,
                 "endpoints": endpoints,
+                "history": {
+                    "requests": h.total,
+                    "failures": h.marked,
+                },
             })
         })
         .collect();
@@ -74,6 +80,7 @@ pub fn render(shared: &Shared) -> Value {
         .routes
         .iter()
         .map(|r| {
+            let h = r.history.series_at(second);
             json!({
                 "name": &*r.name,
                 "host": r.config.host,
@@ -93,6 +100,12 @@ pub fn render(shared: &Shared) -> Value {
                     "budget_ratio": p.config.budget_ratio,
                     "budget_balance": p.budget.balance(now),
                 })),
+                "retries": r.metrics.retries.get(),
+                "retry_budget_exhausted": r.metrics.budget_exhausted.get(),
+                "history": {
+                    "requests": h.total,
+                    "rate_limited": h.marked,
+                },
             })
         })
         .collect();
@@ -106,6 +119,10 @@ pub fn render(shared: &Shared) -> Value {
         "hash": snap.config.hash,
         "loaded_at": unix(snap.loaded_at),
         "ready": shared.ready.load(Ordering::Relaxed),
+        "now": unix(wall),
+        "history_end": second,
+        "actions_allowed": snap.config.admin.bind.ip().is_loopback()
+            || snap.config.admin.allow_actions,
         "last_reload": last_reload,
         "upstreams": upstreams,
         "routes": routes,

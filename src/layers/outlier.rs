@@ -69,6 +69,7 @@ where
                 Err(e) if e.is_upstream_failure() => true,
                 Err(_) => return result,
             };
+            upstream.history.record(failed);
             if let Some(ep) = upstream.endpoints.get(endpoint) {
                 ep.requests.fetch_add(1, Ordering::Relaxed);
                 if failed {

@@ -60,6 +60,7 @@ pub async fn handle(
     let status = resp.status().as_u16();
     if let Some(route) = route {
         route.metrics.requests[status_class(status)].inc();
+        route.history.record(error_kind == "rate_limited");
         route
             .metrics
             .duration

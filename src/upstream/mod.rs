@@ -7,6 +7,7 @@ pub mod client;
 pub mod health;
 
 use crate::config::UpstreamConfig;
+use crate::history::History;
 use crate::layers::breaker::CircuitBreaker;
 use crate::layers::concurrency::ConcurrencyLimit;
 use crate::layers::outlier::ejection::OutlierDetector;
@@ -38,6 +39,9 @@ pub struct Upstream {
     pub outlier: OutlierDetector,
     pub client: UpstreamClient,
     pub metrics: UpstreamMetrics,
+    /// Requests and failures of the last minute, per second, for the dashboard; carried over to
+    /// the upstream of the same name when a reload changes its definition.
+    pub history: Arc<History>,
     pub(crate) next: AtomicUsize,
     health_started: AtomicBool,
 }
@@ -82,6 +86,7 @@ impl Upstream {
             outlier: OutlierDetector::new(config.outlier, endpoints.len()),
             client: UpstreamClient::new(config)?,
             metrics: upstream_metrics,
+            history: Arc::new(History::new()),
             name,
             config: config.clone(),
             endpoints: endpoints.into_boxed_slice(),

@@ -4,6 +4,7 @@
 mod support;
 
 mod core;
+mod dashboard;
 mod hostile;
 mod lifecycle;
 mod observability;
