@@ -162,7 +162,7 @@ async fn run(source: ConfigSource, watch: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let levee = match Levee::start(source).await {
+    let levee = match Levee::start_watching_if(source, watch).await {
         Ok(l) => l,
         Err(e) => {
             for line in e.to_string().lines() {
@@ -172,9 +172,6 @@ async fn run(source: ConfigSource, watch: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if watch {
-        levee.start_watching();
-    }
     levee::lifecycle::notify_ready(&levee).await;
     serve_until_signal(levee, signals).await
 }

@@ -85,6 +85,15 @@ pub struct Levee {
 impl Levee {
     /// Loads the config, binds every listener and the admin listener, and starts serving.
     pub async fn start(source: ConfigSource) -> Result<Arc<Levee>, StartError> {
+        Self::start_watching_if(source, false).await
+    }
+
+    /// Like [`Levee::start`]; with `watch`, the file watch is running before `/ready` says 200,
+    /// so a change made right after readiness is never missed.
+    pub async fn start_watching_if(
+        source: ConfigSource,
+        watch: bool,
+    ) -> Result<Arc<Levee>, StartError> {
         let config = source.load()?;
         let metrics = Arc::new(Metrics::new());
         let snapshot =
@@ -127,7 +136,7 @@ impl Levee {
                 watch: parking_lot::Mutex::new(None),
             }
         });
-        if levee.shared.snapshot.load().config.admin.watch {
+        if watch || levee.shared.snapshot.load().config.admin.watch {
             levee.start_watching();
         }
         shared.ready.store(true, Ordering::Release);
