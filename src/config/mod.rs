@@ -32,13 +32,9 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 /// Parses and validates config text; `file` names it in messages, `base_dir` anchors relative paths.
 pub fn parse(file: &str, text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
     let mut d = Diagnostics::new(file, text);
-    let raw: raw::RawConfig = match toml::from_str(text) {
-        Ok(raw) => raw,
-        Err(e) => {
-            d.at(e.span().unwrap_or(0..0), explain_toml_message(e.message()));
-            d.finish()?;
-            return Err(ConfigErrors(Vec::new()));
-        }
+    let Some(raw) = deserialize_all(text, &mut d) else {
+        d.finish()?;
+        return Err(ConfigErrors(Vec::new()));
     };
     validate::check_uniqueness(&raw, &mut d);
     let config = validate::validate(raw, base_dir, &mut d);
@@ -46,6 +42,64 @@ pub fn parse(file: &str, text: &str, base_dir: &Path) -> Result<Config, ConfigEr
     let mut config = config.ok_or_else(|| ConfigErrors(Vec::new()))?;
     config.hash = content_hash(text);
     Ok(config)
+}
+
+/// Deserializes the file, reporting every key-level problem rather than only the first.
+///
+/// serde stops at the first problem, but an operator fixing a file wants them all. So after each
+/// problem on a `key = value` line, that line is blanked out (with spaces, so every later position
+/// stays exact) and deserialization runs again, a bounded number of times. Problems that only the
+/// blanking caused (a required key now missing) are not reported; a syntax error stops at once.
+/// Problems found are in `d`, so the caller refuses the file even when this returns a value.
+fn deserialize_all(text: &str, d: &mut Diagnostics) -> Option<raw::RawConfig> {
+    if let Err(e) = text.parse::<toml::Table>() {
+        d.at(e.span().unwrap_or(0..0), e.message().trim());
+        return None;
+    }
+    let mut work = text.to_string();
+    let mut blanked: Vec<String> = Vec::new();
+    let mut failed = false;
+    for _ in 0..64 {
+        let e = match toml::from_str::<raw::RawConfig>(&work) {
+            // Validation still runs on what is left, so its problems are listed too.
+            Ok(raw) => return Some(raw),
+            Err(e) => e,
+        };
+        let message = e.message();
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.split('`').next());
+        if failed && missing.is_some_and(|f| blanked.iter().any(|b| b == f)) {
+            return None;
+        }
+        let span = e.span().unwrap_or(0..0);
+        d.at(span.clone(), explain_toml_message(message));
+        failed = true;
+        let at = span.start.min(work.len());
+        let start = work
+            .get(..at)
+            .and_then(|w| w.rfind('\n'))
+            .map(|i| i + 1)
+            .unwrap_or(0);
+        let end = work
+            .get(at..)
+            .and_then(|w| w.find('\n'))
+            .map(|i| at + i)
+            .unwrap_or(work.len());
+        let line = work.get(start..end).unwrap_or("");
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('[') {
+            return None;
+        }
+        if let Some((key, _)) = line.split_once('=') {
+            blanked.push(key.trim().trim_matches('"').to_string());
+        }
+        work.replace_range(start..end, &" ".repeat(end - start));
+        if work.parse::<toml::Table>().is_err() {
+            return None;
+        }
+    }
+    None
 }
 
 /// FNV-1a of the file: stable across runs and platforms, enough to tell two files apart.
@@ -56,4 +110,37 @@ fn content_hash(text: &str) -> String {
         h = h.wrapping_mul(0x100000001b3);
     }
     format!("{h:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_problem_is_listed_with_its_position() {
+        let text = "[[listener]]\nbind = \"127.0.0.1:0\"\nport = 5\n[[route]]\nupstream = \"ap\"\ntimeout = \"5\"\n[[upstream]]\nname = \"app\"\nendpoint = [\"x\"]\nendpoints = [\"127.0.0.1:1\"]\n";
+        let errors = parse("t.toml", text, Path::new(".")).unwrap_err();
+        let lines: Vec<String> = errors.0.iter().map(|p| p.to_string()).collect();
+        assert_eq!(lines.len(), 4, "{lines:#?}");
+        assert!(lines[0].starts_with("t.toml:3:1: unknown key `port`"));
+        assert!(lines[1].starts_with("t.toml:5:12: route \"route0\" names upstream \"ap\""));
+        assert!(lines[2].starts_with("t.toml:6:11: duration \"5\" has no unit"));
+        assert!(
+            lines[3].starts_with("t.toml:9:1: unknown key `endpoint`: did you mean `endpoints`?")
+        );
+    }
+
+    #[test]
+    fn a_blanked_required_key_is_not_reported_twice() {
+        let text = "[[listener]]\nbind = 5\n[[route]]\nupstream = \"app\"\n[[upstream]]\nname = \"app\"\nendpoints = [\"127.0.0.1:1\"]\n";
+        let errors = parse("t.toml", text, Path::new(".")).unwrap_err();
+        assert_eq!(errors.0.len(), 1, "{errors}");
+        assert_eq!((errors.0[0].line, errors.0[0].column), (2, 8));
+    }
+
+    #[test]
+    fn syntax_errors_stop_at_the_first() {
+        let errors = parse("t.toml", "[[listener]\nbind = ", Path::new(".")).unwrap_err();
+        assert_eq!(errors.0.len(), 1, "{errors}");
+    }
 }
