@@ -170,5 +170,22 @@ fn headers(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, router, breaker, limiter, budget, outlier, balance, headers);
+/// Everything metrics cost one proxied request: the in-flight gauge, the route's status-class
+/// counter and latency histogram, and the upstream's latency histogram.
+fn metrics(c: &mut Criterion) {
+    let m = Metrics::new();
+    let route = levee::metrics::RouteMetrics::new(&m, "api", "app");
+    let upstream = levee::metrics::UpstreamMetrics::new(&m, "app", &["127.0.0.1:1".to_string()]);
+    c.bench_function("metrics_per_request", |b| {
+        b.iter(|| {
+            m.in_flight.inc();
+            upstream.duration.observe(black_box(0.0031));
+            m.in_flight.dec();
+            route.requests[levee::metrics::status_class(black_box(200))].inc();
+            route.duration.observe(black_box(0.0034));
+        })
+    });
+}
+
+criterion_group!(benches, router, breaker, limiter, budget, outlier, balance, headers, metrics);
 criterion_main!(benches);
