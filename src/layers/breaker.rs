@@ -178,14 +178,9 @@ where
             };
             let started = Instant::now();
             let result = inner.call(call).await;
-            let failed = match &result {
-                Ok(answer) => upstream
-                    .config
-                    .breaker
-                    .is_failure_status(answer.resp.status().as_u16()),
-                Err(e) if e.is_upstream_failure() => true,
-                // Refused before reaching the upstream (limits) or the client's fault: no verdict.
-                Err(_) => return result,
+            // No verdict for calls refused before reaching the upstream or failed by the client.
+            let Some(failed) = upstream.verdict(&result) else {
+                return result;
             };
             if let Some(ticket) = guard.ticket.take() {
                 let now = Instant::now();

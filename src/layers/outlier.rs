@@ -61,13 +61,8 @@ where
         Box::pin(async move {
             let endpoint = call.endpoint;
             let result = inner.call(call).await;
-            let failed = match &result {
-                Ok(a) => upstream
-                    .config
-                    .breaker
-                    .is_failure_status(a.resp.status().as_u16()),
-                Err(e) if e.is_upstream_failure() => true,
-                Err(_) => return result,
+            let Some(failed) = upstream.verdict(&result) else {
+                return result;
             };
             upstream.history.record(failed);
             if let Some(ep) = upstream.endpoints.get(endpoint) {

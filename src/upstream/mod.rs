@@ -105,6 +105,24 @@ impl Upstream {
         }
     }
 
+    /// Whether a call's outcome counts against the upstream: `Some(true)` for a connect error,
+    /// reset, timeout or a `failure_statuses` answer; `None` when the upstream was never asked or
+    /// the client caused the failure, which says nothing about the upstream's health.
+    pub fn verdict(
+        &self,
+        result: &Result<crate::proxy::call::Answer, crate::error::ProxyError>,
+    ) -> Option<bool> {
+        match result {
+            Ok(a) => Some(
+                self.config
+                    .breaker
+                    .is_failure_status(a.resp.status().as_u16()),
+            ),
+            Err(e) if e.is_upstream_failure() => Some(true),
+            Err(_) => None,
+        }
+    }
+
     /// Starts active health checks once per upstream (not again when a reload keeps it).
     pub fn start_health_checks(self: &Arc<Self>) {
         if self.config.health_check.is_some() && !self.health_started.swap(true, Ordering::AcqRel) {
