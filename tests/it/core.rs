@@ -607,3 +607,37 @@ async fn demo_starts_and_answers_on_ephemeral_ports() {
     .await;
     child.kill().await.unwrap();
 }
+
+/// `protocol = "h2"` speaks HTTP/2 (prior knowledge) to the upstream: concurrent requests share
+/// one multiplexed connection, where HTTP/1.1 needs a connection per request in flight.
+#[tokio::test]
+async fn h2_upstream_multiplexes_one_connection() {
+    for (protocol, expect_one) in [("h2", true), ("http1", false)] {
+        let origin = Origin::new()
+            .delay(std::time::Duration::from_millis(200))
+            .start()
+            .await;
+        let cfg = simple_config(&[origin.addr], "", &format!("protocol = \"{protocol}\""));
+        let proxy = TestProxy::start(&cfg).await;
+        let client = Client::new();
+        let calls: Vec<_> = (0..8)
+            .map(|i| {
+                let (client, url) = (client.clone(), proxy.url(&format!("/c{i}")));
+                tokio::spawn(async move { client.get(&url).await.status })
+            })
+            .collect();
+        for c in calls {
+            assert_eq!(c.await.unwrap(), 200, "protocol {protocol}");
+        }
+        assert_eq!(origin.hits(), 8);
+        if expect_one {
+            assert_eq!(origin.connections(), 1, "h2 upstream must multiplex");
+        } else {
+            assert!(
+                origin.connections() > 1,
+                "http1 upstream needs parallel connections, saw {}",
+                origin.connections()
+            );
+        }
+    }
+}
