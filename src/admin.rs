@@ -49,6 +49,29 @@ pub fn spawn(listener: TcpListener, shared: Arc<Shared>, levee: Weak<Levee>) {
     });
 }
 
+/// A browser on the operator's machine can be made to POST to a loopback admin listener by any
+/// web page. Browsers mark such requests with an `Origin` of the other site; the dashboard's own
+/// requests carry the admin listener's origin, and curl or scripts send none.
+fn is_cross_site(req: &Request<Incoming>) -> bool {
+    let Some(origin) = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+    else {
+        return false;
+    };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let same = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .is_some_and(|o| o.eq_ignore_ascii_case(host));
+    !same
+}
+
 fn text(
     status: StatusCode,
     content_type: &'static str,
@@ -122,6 +145,12 @@ async fn serve(
                     StatusCode::FORBIDDEN,
                     PLAIN,
                     "reload over a non-loopback admin listener needs [admin] allow_actions = true\n",
+                )
+            } else if is_cross_site(&req) {
+                text(
+                    StatusCode::FORBIDDEN,
+                    PLAIN,
+                    "cross-site POST refused: reload from the dashboard or a non-browser client\n",
                 )
             } else {
                 match levee.upgrade() {

@@ -677,3 +677,24 @@ fn systemd_unit_verifies() {
         out.status
     );
 }
+
+/// A web page cannot make an operator's browser reload levee: cross-site POSTs carry a foreign
+/// `Origin` and are refused; the dashboard's own origin and non-browser clients are not.
+#[tokio::test]
+async fn cross_site_reload_is_refused() {
+    let origin = Origin::new().start().await;
+    let proxy = TestProxy::start(&simple_config(&[origin.addr], "", "")).await;
+    let client = Client::new();
+    let url = proxy.admin_url("/reload");
+    let evil = client
+        .request(Method::POST, &url, &[("origin", "http://evil.example")], "")
+        .await;
+    assert_eq!(evil.status, 403, "{}", evil.text());
+    let own = format!("http://{}", proxy.admin);
+    let same = client
+        .request(Method::POST, &url, &[("origin", own.as_str())], "")
+        .await;
+    assert_eq!(same.status, 200, "{}", same.text());
+    let plain = client.request(Method::POST, &url, &[], "").await;
+    assert_eq!(plain.status, 200, "{}", plain.text());
+}
