@@ -171,19 +171,24 @@ where
         let mut inner = self.inner.clone();
         Box::pin(async move {
             let breaker = &upstream.breaker;
-            let ticket = breaker.admit(Instant::now())?;
+            let started = Instant::now();
+            let ticket = breaker.admit(started)?;
             let mut guard = TicketGuard {
                 breaker,
                 ticket: Some(ticket),
             };
-            let started = Instant::now();
             let result = inner.call(call).await;
             // No verdict for calls refused before reaching the upstream or failed by the client.
             let Some(failed) = upstream.verdict(&result) else {
                 return result;
             };
+            let now = Instant::now();
+            // The upstream's latency as the breaker saw it (queueing for a slot included).
+            upstream
+                .metrics
+                .duration
+                .observe((now - started).as_secs_f64());
             if let Some(ticket) = guard.ticket.take() {
-                let now = Instant::now();
                 breaker.record(
                     ticket,
                     CallResult {

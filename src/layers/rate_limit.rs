@@ -169,7 +169,7 @@ where
 
     fn call(&mut self, call: Call) -> CallFuture {
         if let Some(limiter) = &self.limiter {
-            if let Err(e) = limiter.check(&call, Instant::now()) {
+            if let Err(e) = limiter.check(&call, call.started) {
                 self.metrics.rate_limited.inc();
                 return Box::pin(async move { Err(e) });
             }

@@ -169,8 +169,7 @@ where
         let metrics = self.metrics.clone();
         let mut inner = self.inner.clone();
         Box::pin(async move {
-            let now = Instant::now();
-            policy.budget.deposit(now);
+            policy.budget.deposit(call.started);
             let idempotent = call.is_idempotent();
             if idempotent && policy.config.attempts > 1 {
                 call.req = make_replayable(call.req, policy.config.max_retry_body).await?;
@@ -191,6 +190,7 @@ where
                 let next = Call {
                     req: call.req,
                     client_ip: call.client_ip,
+                    started: call.started,
                     deadline: try_deadline,
                     endpoint: call.endpoint,
                     avoid: call.avoid,
@@ -220,6 +220,7 @@ where
                 call = Call {
                     req,
                     client_ip: call.client_ip,
+                    started: now + delay,
                     deadline: overall,
                     endpoint: 0,
                     avoid: failed_on.or(call.avoid),

@@ -8,7 +8,6 @@ use crate::error::ProxyError;
 use crate::proxy::call::{Answer, Call, CallFuture};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::time::Instant;
 use tower::{Layer, Service};
 
 #[derive(Clone)]
@@ -54,7 +53,7 @@ where
     }
 
     fn call(&mut self, mut call: Call) -> CallFuture {
-        call.deadline = call.deadline.min(Instant::now() + self.timeout);
+        call.deadline = call.deadline.min(call.started + self.timeout);
         self.inner.call(call)
     }
 }

@@ -14,6 +14,9 @@ use tokio::time::Instant;
 pub struct Call {
     pub req: Request<RequestBody>,
     pub client_ip: IpAddr,
+    /// When levee received the request: the clock reading the layers share, so a request reads
+    /// the clock a few times rather than once per layer.
+    pub started: Instant,
     /// When the route's `timeout` (or a retry's `per_try_timeout`) runs out. The innermost layer
     /// enforces it, so a timeout is seen by the breaker and outlier detector as the upstream's
     /// failure rather than as a cancelled call.

@@ -2,7 +2,7 @@
 //! (`x-forwarded-*`, `via`) come, and the client's address is only believed from trusted proxies.
 
 use crate::config::Cidr;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
 use std::net::IpAddr;
 
@@ -42,8 +42,11 @@ fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop headers, including any the `Connection` header names. When `upgrade` is
 /// set, `Upgrade` survives and `Connection: upgrade` is restored so the tunnel can be set up.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // Most requests carry no `Connection` header (HTTP/1.1 keep-alive is the default, HTTP/2
-    // forbids it): skip the token scan for them.
+    // Most messages carry none of these: one pass of cheap name comparisons over the few headers
+    // present is far cheaper than a hashed lookup per hop-by-hop name.
+    if !upgrade && !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let listed: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -114,30 +117,47 @@ pub fn add_forwarding_headers(
 ) {
     let mut ip_buf = [0u8; 64];
     let ip = format_ip(peer.ip, &mut ip_buf);
-    let xff = if headers.contains_key(&X_FORWARDED_FOR) {
-        // Several x-forwarded-for lines are folded into one list, as RFC 9110 allows.
-        let mut list: Vec<u8> = Vec::with_capacity(64);
-        for v in headers.get_all(&X_FORWARDED_FOR) {
-            let v = v.as_bytes().trim_ascii();
-            if !v.is_empty() {
-                list.extend_from_slice(v);
-                list.extend_from_slice(b", ");
+    // The entry API hashes each name once for both the lookup and the write.
+    match headers.entry(X_FORWARDED_FOR) {
+        Entry::Occupied(mut e) => {
+            // Several x-forwarded-for lines are folded into one list, as RFC 9110 allows.
+            let mut list: Vec<u8> = Vec::with_capacity(64);
+            for v in e.iter() {
+                let v = v.as_bytes().trim_ascii();
+                if !v.is_empty() {
+                    list.extend_from_slice(v);
+                    list.extend_from_slice(b", ");
+                }
+            }
+            list.extend_from_slice(ip);
+            if let Ok(v) = HeaderValue::from_bytes(&list) {
+                e.insert(v);
             }
         }
-        list.extend_from_slice(ip);
-        HeaderValue::from_bytes(&list)
-    } else {
-        HeaderValue::from_bytes(ip)
-    };
-    if let Ok(v) = xff {
-        headers.insert(X_FORWARDED_FOR, v);
+        Entry::Vacant(e) => {
+            if let Ok(v) = HeaderValue::from_bytes(ip) {
+                e.insert(v);
+            }
+        }
     }
-    if !(peer.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-        let proto = if peer.tls { "https" } else { "http" };
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    let proto = HeaderValue::from_static(if peer.tls { "https" } else { "http" });
+    match headers.entry(X_FORWARDED_PROTO) {
+        Entry::Occupied(_) if peer.trusted => {}
+        Entry::Occupied(mut e) => {
+            e.insert(proto);
+        }
+        Entry::Vacant(e) => {
+            e.insert(proto);
+        }
     }
-    if !(peer.trusted && headers.contains_key(&X_FORWARDED_HOST)) {
-        headers.insert(X_FORWARDED_HOST, host.clone());
+    match headers.entry(X_FORWARDED_HOST) {
+        Entry::Occupied(_) if peer.trusted => {}
+        Entry::Occupied(mut e) => {
+            e.insert(host.clone());
+        }
+        Entry::Vacant(e) => {
+            e.insert(host.clone());
+        }
     }
     let hop = match version {
         Version::HTTP_2 => "2 levee",

@@ -214,6 +214,7 @@ async fn forward_to(
     let call = Call {
         req: upstream_req,
         client_ip,
+        started,
         deadline: started + route.config.timeout,
         endpoint: 0,
         avoid: None,

@@ -108,7 +108,8 @@ where
         let upstream = self.upstream.clone();
         let mut inner = self.inner.clone();
         Box::pin(async move {
-            let now = Instant::now();
+            // The request's arrival time is recent enough to judge ejections by.
+            let now = call.started;
             let Some(i) = upstream.pick(call.avoid, now) else {
                 let retry_after = (0..upstream.endpoints.len())
                     .filter_map(|i| upstream.outlier.ejected_until(i, now))

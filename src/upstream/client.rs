@@ -143,15 +143,10 @@ impl tower::Service<crate::proxy::call::Call> for ClientService {
                     retry_after: std::time::Duration::from_secs(1),
                 });
             };
-            let started = tokio::time::Instant::now();
             let sent = upstream.client.send(call.req, &ep.authority);
             let resp = tokio::time::timeout_at(call.deadline, sent)
                 .await
                 .map_err(|_| ProxyError::UpstreamTimeout)??;
-            upstream
-                .metrics
-                .duration
-                .observe(started.elapsed().as_secs_f64());
             Ok(crate::proxy::call::Answer { resp, endpoint })
         })
     }
