@@ -42,27 +42,42 @@ fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop headers, including any the `Connection` header names. When `upgrade` is
 /// set, `Upgrade` survives and `Connection: upgrade` is restored so the tunnel can be set up.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // Most messages carry none of these: one pass of cheap name comparisons over the few headers
-    // present is far cheaper than a hashed lookup per hop-by-hop name.
-    if !upgrade && !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    // One pass of cheap name comparisons over the headers present tells which hop-by-hop names
+    // to remove; a hashed lookup per name on every message costs more. Upstream responses
+    // usually carry `Connection: keep-alive`, requests usually nothing.
+    let mut present = [false; 8];
+    let mut any = false;
+    for k in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            present[i] = true;
+            any = true;
+        }
+    }
+    if !any && !upgrade {
         return;
     }
-    if headers.contains_key(header::CONNECTION) {
+    // `Connection` (index 0) may name further headers to drop; the usual tokens are not names.
+    if present[0] {
         let listed: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .map(str::trim)
+            .filter(|t| {
+                !t.is_empty()
+                    && !t.eq_ignore_ascii_case("keep-alive")
+                    && !t.eq_ignore_ascii_case("close")
+                    && !t.eq_ignore_ascii_case("upgrade")
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for name in listed {
-            if !(upgrade && name == header::UPGRADE) {
-                headers.remove(name);
-            }
+            headers.remove(name);
         }
     }
-    for name in HOP_BY_HOP.iter() {
-        if !(upgrade && name == header::UPGRADE) {
+    for (name, here) in HOP_BY_HOP.iter().zip(present) {
+        if here && !(upgrade && name == header::UPGRADE) {
             headers.remove(name);
         }
     }
