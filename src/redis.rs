@@ -247,9 +247,7 @@ impl Redis {
             match r {
                 Ok(Ok(())) => me.record(Ok(())),
                 Ok(Err(e)) => me.record(Err(e)),
-                Err(_) => me.record(Err(format!(
-                    "could not connect within {connect_for:?}"
-                ))),
+                Err(_) => me.record(Err(format!("could not connect within {connect_for:?}"))),
             }
         });
     }
@@ -396,10 +394,7 @@ mod tests {
             redact("redis://:s3cret@redis.internal:6379/2"),
             "redis://:***@redis.internal:6379/2"
         );
-        assert_eq!(
-            redact("rediss://app:pw@r:6380"),
-            "rediss://app:***@r:6380"
-        );
+        assert_eq!(redact("rediss://app:pw@r:6380"), "rediss://app:***@r:6380");
         assert_eq!(redact("redis://token@r"), "redis://***@r");
     }
 
@@ -413,7 +408,10 @@ mod tests {
 
         assert_eq!(h.failure(Instant::now(), "e1".into()), None);
         assert_eq!(h.failure(Instant::now(), "e2".into()), None);
-        assert!(h.permit(Instant::now()), "still calling below the threshold");
+        assert!(
+            h.permit(Instant::now()),
+            "still calling below the threshold"
+        );
         assert_eq!(
             h.failure(Instant::now(), "e3".into()),
             Some(RedisState::Failing)

@@ -9,8 +9,8 @@ use crate::layers::rate_limit::RouteLimiter;
 use crate::layers::retry::RetryPolicy;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::proxy::route::Router;
-use crate::redis::Redis;
 use crate::proxy::stack::{self, RouteStack};
+use crate::redis::Redis;
 use crate::upstream::Upstream;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -101,7 +101,10 @@ impl Snapshot {
                     let shared = match l.scope {
                         RateLimitScope::Local => None,
                         RateLimitScope::Global => Some(redis.clone().ok_or_else(|| {
-                            format!("route \"{}\" has scope = \"global\" but there is no [redis]", r.name)
+                            format!(
+                                "route \"{}\" has scope = \"global\" but there is no [redis]",
+                                r.name
+                            )
                         })?),
                     };
                     // Kept while its settings and its Redis are the same.

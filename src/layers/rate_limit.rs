@@ -10,12 +10,12 @@ pub mod gcra;
 pub mod global;
 
 use crate::config::{RateLimitConfig, RateLimitKey};
-use crate::redis::Redis;
-use global::{Fallback, GlobalLimiter, LeaseCheck};
 use crate::error::ProxyError;
 use crate::metrics::RouteMetrics;
 use crate::proxy::call::{Answer, Call, CallFuture};
+use crate::redis::Redis;
 use gcra::{Decision, GcraCell, GcraSettings, KeyedLimiter};
+use global::{Fallback, GlobalLimiter, LeaseCheck};
 use http::HeaderValue;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -51,7 +51,10 @@ pub enum Verdict {
     Allow,
     Deny(ProxyError),
     /// A global limit without a local lease for this key: ask Redis (`want` tokens).
-    Ask { key: String, want: u32 },
+    Ask {
+        key: String,
+        want: u32,
+    },
 }
 
 impl RouteLimiter {

@@ -60,9 +60,8 @@ struct Lease {
 impl Lease {
     fn idle(&self, now: Instant) -> bool {
         let live = |t: Option<Instant>| t.is_some_and(|t| t > now);
-        !(self.tokens > 0 && live(self.expires))
-            && !live(self.denied_until)
-            && !live(self.asking_until)
+        let holds_tokens = self.tokens > 0 && live(self.expires);
+        !(holds_tokens || live(self.denied_until) || live(self.asking_until))
     }
 }
 
@@ -325,7 +324,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn leased_tokens_expire() {
         let leases = Leases::new(10, LEASE_TTL, 20 * MS, 100);
-        assert_eq!(leases.take("a", Instant::now()), LeaseCheck::Miss { want: 10 });
+        assert_eq!(
+            leases.take("a", Instant::now()),
+            LeaseCheck::Miss { want: 10 }
+        );
         assert!(leases.settle("a", 10, grant(10), Instant::now()));
         assert_eq!(leases.take("a", Instant::now()), LeaseCheck::Take);
         advance(LEASE_TTL).await;
@@ -339,28 +341,49 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn refusals_are_remembered_until_retry_after() {
         let leases = Leases::new(3, LEASE_TTL, 20 * MS, 100);
-        assert_eq!(leases.take("a", Instant::now()), LeaseCheck::Miss { want: 3 });
+        assert_eq!(
+            leases.take("a", Instant::now()),
+            LeaseCheck::Miss { want: 3 }
+        );
         let refused = Grant {
             tokens: 0,
             retry_after: 100 * MS,
         };
         assert!(!leases.settle("a", 3, refused, Instant::now()));
         advance(40 * MS).await;
-        assert_eq!(leases.take("a", Instant::now()), LeaseCheck::Denied(60 * MS));
+        assert_eq!(
+            leases.take("a", Instant::now()),
+            LeaseCheck::Denied(60 * MS)
+        );
         advance(60 * MS).await;
-        assert_eq!(leases.take("a", Instant::now()), LeaseCheck::Miss { want: 3 });
+        assert_eq!(
+            leases.take("a", Instant::now()),
+            LeaseCheck::Miss { want: 3 }
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_failed_or_cancelled_ask_does_not_stick() {
         let leases = Leases::new(4, LEASE_TTL, 20 * MS, 100);
-        assert_eq!(leases.take("a", Instant::now()), LeaseCheck::Miss { want: 4 });
+        assert_eq!(
+            leases.take("a", Instant::now()),
+            LeaseCheck::Miss { want: 4 }
+        );
         leases.abandon("a", 4);
-        assert_eq!(leases.take("a", Instant::now()), LeaseCheck::Miss { want: 4 });
+        assert_eq!(
+            leases.take("a", Instant::now()),
+            LeaseCheck::Miss { want: 4 }
+        );
         // Never settled nor abandoned (the request was dropped): after the timeout, a full ask.
-        assert_eq!(leases.take("a", Instant::now()), LeaseCheck::Miss { want: 1 });
+        assert_eq!(
+            leases.take("a", Instant::now()),
+            LeaseCheck::Miss { want: 1 }
+        );
         advance(20 * MS).await;
-        assert_eq!(leases.take("a", Instant::now()), LeaseCheck::Miss { want: 4 });
+        assert_eq!(
+            leases.take("a", Instant::now()),
+            LeaseCheck::Miss { want: 4 }
+        );
     }
 
     #[tokio::test(start_paused = true)]

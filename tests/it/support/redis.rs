@@ -29,7 +29,11 @@ fn free_port() -> u16 {
 
 fn spawn_server(port: u16) -> std::io::Result<Child> {
     let mut last = None;
-    for bin in ["redis-server", "/usr/bin/redis-server", "/usr/sbin/redis-server"] {
+    for bin in [
+        "redis-server",
+        "/usr/bin/redis-server",
+        "/usr/sbin/redis-server",
+    ] {
         match Command::new(bin)
             .args(["--port", &port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
