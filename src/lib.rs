@@ -12,6 +12,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod redis;
 pub mod runtime;
 pub mod server;
 pub mod shared;

@@ -49,6 +49,11 @@ pub struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabel {
+    pub mode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: &'static str,
 }
@@ -78,6 +83,9 @@ pub struct Metrics {
     pub reloads: Family<ResultLabel, Counter>,
     pub config_version: Gauge,
     pub connections: Gauge,
+    pub redis_errors: Counter,
+    pub redis_fallback: Family<ModeLabel, Counter>,
+    pub redis_up: Gauge,
 }
 
 impl Default for Metrics {
@@ -105,6 +113,9 @@ impl Metrics {
             reloads: Family::default(),
             config_version: Gauge::default(),
             connections: Gauge::default(),
+            redis_errors: Counter::default(),
+            redis_fallback: Family::default(),
+            redis_up: Gauge::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -180,6 +191,21 @@ impl Metrics {
             "open_connections",
             "Client connections open now",
             m.connections.clone(),
+        );
+        r.register(
+            "redis_errors",
+            "Redis calls of global rate limits that failed or timed out",
+            m.redis_errors.clone(),
+        );
+        r.register(
+            "redis_fallback",
+            "Global rate limit decisions made without Redis, by on_redis_error mode applied",
+            m.redis_fallback.clone(),
+        );
+        r.register(
+            "redis_up",
+            "1 while Redis answers global rate limit calls, 0 while failing or unknown",
+            m.redis_up.clone(),
         );
         let build: Family<BuildLabels, Gauge> = Family::default();
         build

@@ -3,13 +3,14 @@
 //! validated `Config` and published with a single `ArcSwap::store`. A request loads it once and
 //! finishes on it, whatever reloads happen meanwhile.
 
-use crate::config::{Config, ListenerConfig};
+use crate::config::{Config, ListenerConfig, RateLimitScope};
 use crate::history::History;
 use crate::layers::rate_limit::RouteLimiter;
 use crate::layers::retry::RetryPolicy;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::proxy::route::Router;
 use crate::proxy::stack::{self, RouteStack};
+use crate::redis::Redis;
 use crate::upstream::Upstream;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -44,6 +45,8 @@ pub struct Snapshot {
     pub routes: Vec<Route>,
     pub upstreams: Vec<Arc<Upstream>>,
     pub listeners: HashMap<String, Arc<ListenerRuntime>>,
+    /// The Redis of global rate limits; kept across reloads while `[redis]` is unchanged.
+    pub redis: Option<Arc<Redis>>,
 }
 
 impl Snapshot {
@@ -73,6 +76,12 @@ impl Snapshot {
                 }
             });
         }
+        let redis = config.redis.as_ref().map(|c| {
+            previous
+                .and_then(|p| p.redis.clone())
+                .filter(|old| old.config == *c)
+                .unwrap_or_else(|| Arc::new(Redis::new(c, metrics)))
+        });
         let mut routes = Vec::with_capacity(config.routes.len());
         for r in &config.routes {
             let upstream = upstreams
@@ -86,11 +95,35 @@ impl Snapshot {
                     )
                 })?;
             let old = previous.and_then(|p| p.routes.iter().find(|o| o.config.name == r.name));
-            let limiter = r.rate_limit.as_ref().map(|l| {
-                old.and_then(|o| o.limiter.clone())
-                    .filter(|ol| ol.config == *l)
-                    .unwrap_or_else(|| Arc::new(RouteLimiter::new(l)))
-            });
+            let limiter = match &r.rate_limit {
+                None => None,
+                Some(l) => {
+                    let shared = match l.scope {
+                        RateLimitScope::Local => None,
+                        RateLimitScope::Global => Some(redis.clone().ok_or_else(|| {
+                            format!(
+                                "route \"{}\" has scope = \"global\" but there is no [redis]",
+                                r.name
+                            )
+                        })?),
+                    };
+                    // Kept while its settings and its Redis are the same.
+                    let kept = old.and_then(|o| o.limiter.clone()).filter(|ol| {
+                        ol.config == *l
+                            && match (ol.redis(), &shared) {
+                                (None, None) => true,
+                                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                                _ => false,
+                            }
+                    });
+                    Some(kept.unwrap_or_else(|| {
+                        Arc::new(match shared {
+                            None => RouteLimiter::new(l),
+                            Some(redis) => RouteLimiter::new_global(&r.name, l, redis),
+                        })
+                    }))
+                }
+            };
             let retry = r.retry.as_ref().filter(|c| c.attempts > 1).map(|c| {
                 old.and_then(|o| o.retry.clone())
                     .filter(|or| or.config == *c)
@@ -147,6 +180,7 @@ impl Snapshot {
             routes,
             upstreams,
             listeners,
+            redis,
         })
     }
 
@@ -154,6 +188,16 @@ impl Snapshot {
     pub fn activate(&self) {
         for u in &self.upstreams {
             u.start_health_checks();
+        }
+        // Connect only when some route shares its limit: a spare [redis] table stays offline.
+        if let Some(r) = &self.redis {
+            if self
+                .routes
+                .iter()
+                .any(|route| route.limiter.as_ref().is_some_and(|l| l.redis().is_some()))
+            {
+                r.warm_up();
+            }
         }
     }
 }

@@ -94,6 +94,7 @@ pub fn render(shared: &Shared) -> Value {
                     "scope": format!("{:?}", l.config.scope).to_ascii_lowercase(),
                     "refused": l.refused(),
                     "tracked_keys": l.tracked_keys(),
+                    "lease_size": l.lease_size(),
                 })),
                 "retry": r.retry.as_ref().map(|p| json!({
                     "attempts": p.config.attempts,
@@ -126,5 +127,6 @@ pub fn render(shared: &Shared) -> Value {
         "last_reload": last_reload,
         "upstreams": upstreams,
         "routes": routes,
+        "redis": snap.redis.as_ref().map(|r| r.status()),
     })
 }

@@ -108,11 +108,11 @@ pub struct RawRateLimit {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRedis {
-    pub url: Option<String>,
-    pub timeout: Option<Dur>,
+    pub url: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<Dur>>,
     pub on_redis_error: Option<Spanned<String>>,
-    pub pool_size: Option<u32>,
-    pub instances: Option<u32>,
+    pub pool_size: Option<Spanned<u32>>,
+    pub instances: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -27,25 +27,14 @@ pub fn validate(raw: RawConfig, base_dir: &Path, d: &mut Diagnostics) -> Option<
         .into_iter()
         .filter_map(|u| upstream(u, base_dir, d))
         .collect();
+    let redis = raw.redis.map(|r| redis(r.into_inner(), d));
+    let has_redis = redis.is_some();
     let routes: Vec<RouteConfig> = raw
         .route
         .into_iter()
         .enumerate()
-        .filter_map(|(i, r)| route(i, r, &upstreams, d))
+        .filter_map(|(i, r)| route(i, r, &upstreams, has_redis, d))
         .collect();
-    if let Some(redis) = &raw.redis {
-        if let Some(mode) = &redis.get_ref().on_redis_error {
-            if !matches!(mode.get_ref().as_str(), "local" | "allow" | "deny") {
-                d.at(
-                    mode.span(),
-                    format!(
-                        r#"on_redis_error "{}" is not one of "local", "allow", "deny""#,
-                        mode.get_ref()
-                    ),
-                );
-            }
-        }
-    }
     if listeners.is_empty() && d.is_empty() {
         d.at(
             0..0,
@@ -66,6 +55,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path, d: &mut Diagnostics) -> Option<
         listeners,
         routes,
         upstreams,
+        redis,
         hash: String::new(),
     })
 }
@@ -220,6 +210,7 @@ fn route(
     i: usize,
     raw: RawRoute,
     upstreams: &[UpstreamConfig],
+    has_redis: bool,
     d: &mut Diagnostics,
 ) -> Option<RouteConfig> {
     let name = raw
@@ -276,7 +267,9 @@ fn route(
         }
     };
     let retry = raw.retry.map(|r| retry(r.into_inner(), d));
-    let rate_limit = raw.rate_limit.and_then(|r| rate_limit(r.into_inner(), d));
+    let rate_limit = raw
+        .rate_limit
+        .and_then(|r| rate_limit(r.into_inner(), has_redis, d));
     Some(RouteConfig {
         name,
         host,
@@ -350,7 +343,63 @@ fn retry(raw: RawRetry, d: &mut Diagnostics) -> RetryConfig {
     }
 }
 
-fn rate_limit(raw: RawRateLimit, d: &mut Diagnostics) -> Option<RateLimitConfig> {
+fn redis(raw: RawRedis, d: &mut Diagnostics) -> RedisConfig {
+    let mut c = RedisConfig::default();
+    if let Some(url) = &raw.url {
+        let u = url.get_ref();
+        let scheme_ok = u.starts_with("redis://") || u.starts_with("rediss://");
+        match u.parse::<http::Uri>() {
+            Ok(parsed) if scheme_ok && parsed.host().is_some_and(|h| !h.is_empty()) => {
+                c.url = u.clone();
+            }
+            _ => d.at(
+                url.span(),
+                format!(
+                    r#"invalid Redis url "{}": write "redis://HOST:PORT", "redis://:PASSWORD@HOST:PORT/DB" or "rediss://..." for TLS"#,
+                    crate::redis::redact(u)
+                ),
+            ),
+        }
+    }
+    if let Some(t) = &raw.timeout {
+        if t.get_ref().0.is_zero() {
+            d.at(t.span(), "timeout must be more than 0");
+        } else {
+            c.timeout = t.get_ref().0;
+        }
+    }
+    if let Some(p) = &raw.pool_size {
+        if (1..=64).contains(p.get_ref()) {
+            c.pool_size = *p.get_ref();
+        } else {
+            d.at(p.span(), "pool_size must be 1..=64 connections");
+        }
+    }
+    if let Some(n) = &raw.instances {
+        if *n.get_ref() >= 1 {
+            c.instances = Some(*n.get_ref());
+        } else {
+            d.at(n.span(), "instances must be at least 1 (or left out)");
+        }
+    }
+    if let Some(mode) = &raw.on_redis_error {
+        c.on_redis_error = match mode.get_ref().as_str() {
+            "local" => OnRedisError::Local,
+            "allow" => OnRedisError::Allow,
+            "deny" => OnRedisError::Deny,
+            other => {
+                d.at(
+                    mode.span(),
+                    format!(r#"on_redis_error "{other}" is not one of "local", "allow", "deny""#),
+                );
+                OnRedisError::Local
+            }
+        };
+    }
+    c
+}
+
+fn rate_limit(raw: RawRateLimit, has_redis: bool, d: &mut Diagnostics) -> Option<RateLimitConfig> {
     let rps = *raw.rps.get_ref();
     if !(rps.is_finite() && rps > 0.0) {
         d.at(
@@ -388,7 +437,15 @@ fn rate_limit(raw: RawRateLimit, d: &mut Diagnostics) -> Option<RateLimitConfig>
         None => RateLimitScope::Local,
         Some(s) => match s.get_ref().as_str() {
             "local" => RateLimitScope::Local,
-            "global" => RateLimitScope::Global,
+            "global" => {
+                if !has_redis {
+                    d.at(
+                        s.span(),
+                        r#"scope = "global" needs a [redis] table: add [redis] url = "redis://127.0.0.1:6379", or use scope = "local""#,
+                    );
+                }
+                RateLimitScope::Global
+            }
             other => {
                 d.at(
                     s.span(),

@@ -7,12 +7,15 @@
 //! the same arithmetic is what the Redis script of the global limiter evaluates.
 
 pub mod gcra;
+pub mod global;
 
 use crate::config::{RateLimitConfig, RateLimitKey};
 use crate::error::ProxyError;
 use crate::metrics::RouteMetrics;
 use crate::proxy::call::{Answer, Call, CallFuture};
+use crate::redis::Redis;
 use gcra::{Decision, GcraCell, GcraSettings, KeyedLimiter};
+use global::{Fallback, GlobalLimiter, LeaseCheck};
 use http::HeaderValue;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,6 +40,21 @@ pub struct RouteLimiter {
     checks: AtomicU64,
     policy: HeaderValue,
     refused: AtomicU64,
+    /// Set for `scope = "global"`: the Redis-backed limit, checked instead of `buckets`.
+    global: Option<GlobalLimiter>,
+    /// For `on_redis_error = "local"` with `instances`: this instance's share, used while Redis is out.
+    local_fallback: Option<Box<RouteLimiter>>,
+}
+
+/// The limiter's first, synchronous look at a request.
+pub enum Verdict {
+    Allow,
+    Deny(ProxyError),
+    /// A global limit without a local lease for this key: ask Redis (`want` tokens).
+    Ask {
+        key: String,
+        want: u32,
+    },
 }
 
 impl RouteLimiter {
@@ -60,7 +78,31 @@ impl RouteLimiter {
             checks: AtomicU64::new(0),
             policy,
             refused: AtomicU64::new(0),
+            global: None,
+            local_fallback: None,
         }
+    }
+
+    /// A `scope = "global"` limiter for route `route`, sharing its buckets through `redis`.
+    pub fn new_global(route: &str, config: &RateLimitConfig, redis: Arc<Redis>) -> Self {
+        let local_fallback = global::local_share(config, redis.config.instances)
+            .map(|share| Box::new(RouteLimiter::new(&share)));
+        let global = GlobalLimiter::new(route, config, redis, local_fallback.is_some());
+        RouteLimiter {
+            global: Some(global),
+            local_fallback,
+            ..RouteLimiter::new(config)
+        }
+    }
+
+    /// The Redis this limiter shares its buckets through, for a global limit.
+    pub fn redis(&self) -> Option<&Arc<Redis>> {
+        self.global.as_ref().map(|g| &g.redis)
+    }
+
+    /// Tokens taken from Redis per call, for a global limit.
+    pub fn lease_size(&self) -> Option<u32> {
+        self.global.as_ref().map(|g| g.leases.lease_size())
     }
 
     /// Requests refused since this limiter was created.
@@ -69,12 +111,80 @@ impl RouteLimiter {
     }
 
     pub fn tracked_keys(&self) -> usize {
+        if let Some(g) = &self.global {
+            return g.leases.len();
+        }
         match &self.buckets {
             Buckets::One(_) => 1,
             Buckets::Keyed(k) => k.len(),
         }
     }
 
+    /// The synchronous part of a decision: local buckets, or a global limit's lease.
+    pub fn verdict(&self, call: &Call, now: Instant) -> Verdict {
+        let Some(global) = &self.global else {
+            return match self.check(call, now) {
+                Ok(()) => Verdict::Allow,
+                Err(e) => Verdict::Deny(e),
+            };
+        };
+        let key = self.key_of(call);
+        match global.leases.take(&key, now) {
+            LeaseCheck::Take => Verdict::Allow,
+            LeaseCheck::Denied(retry_after) => Verdict::Deny(self.refuse(retry_after, retry_after)),
+            LeaseCheck::Miss { want } => Verdict::Ask {
+                key: key.into_owned(),
+                want,
+            },
+        }
+    }
+
+    /// The asynchronous part for a global limit: Redis's answer, or `on_redis_error`.
+    pub async fn ask(&self, key: &str, want: u32, call: &Call) -> Result<(), ProxyError> {
+        let Some(global) = &self.global else {
+            return Ok(());
+        };
+        match global.ask(key, want).await {
+            Some(Ok(())) => Ok(()),
+            Some(Err(retry_after)) => Err(self.refuse(retry_after, retry_after)),
+            None => match global.fallback {
+                Fallback::Allow => Ok(()),
+                Fallback::Deny => Err(self.refuse(crate::redis::OPEN_FOR, crate::redis::OPEN_FOR)),
+                Fallback::Local => match &self.local_fallback {
+                    Some(local) => local.check(call, Instant::now()).inspect_err(|_| {
+                        self.refused.fetch_add(1, Ordering::Relaxed);
+                    }),
+                    None => Ok(()),
+                },
+            },
+        }
+    }
+
+    fn key_of<'a>(&self, call: &'a Call) -> std::borrow::Cow<'a, str> {
+        match &self.config.key {
+            RateLimitKey::Global => "".into(),
+            RateLimitKey::ClientIp => call.client_ip.to_string().into(),
+            RateLimitKey::Header(name) => call
+                .req
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .into(),
+        }
+    }
+
+    fn refuse(&self, retry_after: Duration, reset: Duration) -> ProxyError {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        let header = HeaderValue::from_str(&format!("\"route\";r=0;t={}", ceil_secs(reset)))
+            .unwrap_or(HeaderValue::from_static("\"route\";r=0"));
+        ProxyError::RateLimited {
+            retry_after,
+            ratelimit: Some((header, self.policy.clone())),
+        }
+    }
+
+    /// Checks the local buckets (the only check for `scope = "local"`).
     pub fn check(&self, call: &Call, now: Instant) -> Result<(), ProxyError> {
         let decision = match &self.buckets {
             Buckets::One(cell) => cell.check(&self.settings, now),
@@ -103,16 +213,7 @@ impl RouteLimiter {
         };
         match decision {
             Decision::Allow { .. } => Ok(()),
-            Decision::Deny { retry_after, reset } => {
-                self.refused.fetch_add(1, Ordering::Relaxed);
-                let header =
-                    HeaderValue::from_str(&format!("\"route\";r=0;t={}", ceil_secs(reset)))
-                        .unwrap_or(HeaderValue::from_static("\"route\";r=0"));
-                Err(ProxyError::RateLimited {
-                    retry_after,
-                    ratelimit: Some((header, self.policy.clone())),
-                })
-            }
+            Decision::Deny { retry_after, reset } => Err(self.refuse(retry_after, reset)),
         }
     }
 }
@@ -169,9 +270,24 @@ where
 
     fn call(&mut self, call: Call) -> CallFuture {
         if let Some(limiter) = &self.limiter {
-            if let Err(e) = limiter.check(&call, call.started) {
-                self.metrics.rate_limited.inc();
-                return Box::pin(async move { Err(e) });
+            match limiter.verdict(&call, call.started) {
+                Verdict::Allow => {}
+                Verdict::Deny(e) => {
+                    self.metrics.rate_limited.inc();
+                    return Box::pin(async move { Err(e) });
+                }
+                Verdict::Ask { key, want } => {
+                    let limiter = Arc::clone(limiter);
+                    let metrics = self.metrics.clone();
+                    let mut inner = self.inner.clone();
+                    return Box::pin(async move {
+                        if let Err(e) = limiter.ask(&key, want, &call).await {
+                            metrics.rate_limited.inc();
+                            return Err(e);
+                        }
+                        inner.call(call).await
+                    });
+                }
             }
         }
         self.inner.call(call)

@@ -5,6 +5,7 @@ mod support;
 
 mod core;
 mod dashboard;
+mod global_limit;
 mod hostile;
 mod lifecycle;
 mod observability;

@@ -6,6 +6,7 @@ pub mod client;
 pub mod origin;
 pub mod proxy;
 pub mod raw;
+pub mod redis;
 pub mod scrape;
 
 #[allow(unused_imports)]
