@@ -6,8 +6,9 @@ response, then leaves them all open and idle. Prints the RSS (VmRSS from /proc, 
 process and its children) of PID before the first connection and after HOLD seconds with all N
 open, and how many connections the server still kept open. Python 3 standard library only.
 
-    benches/idle_conns.py --port 18213 --pid 12345 -n 10000
-    benches/idle_conns.py --port 18213 --pid 12345 --markdown levee   # one markdown table row
+    benches/idle_conns.py --port 18413 --pid 12345 -n 10000
+    benches/idle_conns.py --port 18413 --pid 12345 --markdown levee   # one markdown table row
+    benches/idle_conns.py --port 18413 --pid 12345 --tsv              # rss_idle_kib rss_with_kib open
 
 The server needs an idle timeout longer than the run (levee header_read_timeout, nginx
 keepalive_timeout, HAProxy timeout http-keep-alive / client) and room for N connections.
@@ -81,6 +82,7 @@ def main():
     ap.add_argument("--hold", type=float, default=3.0, help="seconds idle before measuring (default 3)")
     ap.add_argument("--batch", type=int, default=100, help="connections opened per batch (default 100)")
     ap.add_argument("--markdown", metavar="NAME", help="print one markdown table row for NAME")
+    ap.add_argument("--tsv", action="store_true", help="print: rss_idle_kib rss_with_kib still_open")
     args = ap.parse_args()
 
     want = args.n + 256
@@ -129,7 +131,9 @@ def main():
     closed = {fd for fd, _ in poller.poll(0)}
     still_open = len(socks) - len(closed)
     per_conn = (loaded - idle) / max(args.n, 1)
-    if args.markdown:
+    if args.tsv:
+        print(f"{idle}\t{loaded}\t{still_open}")
+    elif args.markdown:
         print(f"| {args.markdown} | {idle / 1024:.1f} | {loaded / 1024:.1f} | {per_conn:.1f} | {still_open} |")
     else:
         print(f"opened {args.n} connections in {opened:.1f}s; {still_open} still open after {args.hold}s idle")

@@ -7,7 +7,6 @@
 #   STACK=bare LEVEE_BIN=/path/to/levee KEEP_WORK=1 benches/scenarios.sh
 #
 # Scenarios (SCENARIOS, default all, in this order):
-#   memory     RSS idle and with IDLE_CONNS idle keep-alive connections (benches/idle_conns.py)
 #   small      GET / keep-alive, wrk -t1 -c50 (also direct to the origin, for the origin's CPU/req)
 #   big        GET /64k (64 KiB body), wrk -t1 -c50
 #   upload     1 MiB POST to /upload, wrk -t1 -c16
@@ -16,6 +15,8 @@
 #   h2         h2c prior knowledge, h2load -t1 -c50 -m10 (proxies speak HTTP/1.1 upstream)
 #   tls        GET / over TLS keep-alive (rustls vs OpenSSL), wrk -t1 -c50
 #   stack      levee STACK=full vs STACK=bare on `small`
+#   memory     RSS at start-up, after the load scenarios, and with IDLE_CONNS idle keep-alive
+#              connections (benches/idle_conns.py); runs last so the load tables' RSS excludes it
 #
 # Topology (2 cores): the load generator (wrk/h2load) and the origins (one nginx, one worker) on
 # LOAD_CPU=0; each proxy on PROXY_CPU=1, one worker each (nginx worker_processes 1, HAProxy
@@ -24,7 +25,7 @@
 # window, divided by the requests the load generator completed. On this box the load core
 # saturates first, so CPU/request separates proxies better than req/s. Quote ratios from one run.
 #
-# Env (defaults): ROUNDS=2 DURATION=8s WARMUP=1s LOAD_CPU=0 PROXY_CPU=1 BASE_PORT=18200
+# Env (defaults): ROUNDS=2 DURATION=8s WARMUP=1s LOAD_CPU=0 PROXY_CPU=1 BASE_PORT=18400
 #   STACK=full (levee under test: full = breaker + outlier + retry attempts 2 + a rate limit that
 #   never triggers; bare = no retry, no rate limit, outlier off; the breaker is always on in levee)
 #   LEVEE_BIN=target/release/levee (relative to the repo) IDLE_CONNS=10000 KEEP_WORK (keep logs)
@@ -35,9 +36,9 @@ cd "$(dirname "$0")/.."
 repo=$PWD
 
 ROUNDS=${ROUNDS:-2}; DURATION=${DURATION:-8s}; WARMUP=${WARMUP:-1s}
-LOAD_CPU=${LOAD_CPU:-0}; PROXY_CPU=${PROXY_CPU:-1}; B=${BASE_PORT:-18200}
+LOAD_CPU=${LOAD_CPU:-0}; PROXY_CPU=${PROXY_CPU:-1}; B=${BASE_PORT:-18400}
 STACK=${STACK:-full}; IDLE_CONNS=${IDLE_CONNS:-10000}
-SCENARIOS=${SCENARIOS:-memory small big upload conns1000 newconn h2 tls stack}
+SCENARIOS=${SCENARIOS:-small big upload conns1000 newconn h2 tls stack memory}
 LEVEE_BIN=${LEVEE_BIN:-target/release/levee}
 case $LEVEE_BIN in /*) ;; *) LEVEE_BIN=$repo/$LEVEE_BIN ;; esac
 case $STACK in full) OTHER_STACK=bare ;; bare) OTHER_STACK=full ;; *) echo "STACK must be full or bare" >&2; exit 2 ;; esac
@@ -69,7 +70,10 @@ WRK=$(find_bin wrk); NGINX=$(find_bin nginx); HAPROXY=$(find_bin haproxy); H2LOA
 [ -x "$LEVEE_BIN" ] || die "levee binary not found at $LEVEE_BIN (cargo build --release, or set LEVEE_BIN)"
 
 # 1000 client connections, 10 000 idle ones, and their upstream sides need more than 1024 fds.
+# Some containers refuse to raise the hard limit even to root; then take the hard limit.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+NOFILE=$(ulimit -n)
+[ "$NOFILE" -gt $((IDLE_CONNS + 2000)) ] || die "open-file limit $NOFILE is too low for IDLE_CONNS=$IDLE_CONNS"
 
 PIN=0
 if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then PIN=1; fi
@@ -122,6 +126,7 @@ wait_up() {
 # ---------------------------------------------------------------- files and configs
 mkdir -p "$work/www"
 head -c 65536 /dev/zero | tr '\0' 'x' >"$work/www/64k"
+echo ok >"$work/www/upload"
 head -c 1048576 /dev/zero | tr '\0' 'u' >"$work/upload.bin"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost -days 1 \
   -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null || die "openssl req failed"
@@ -142,13 +147,13 @@ origin_server() {
     client_max_body_size 2m; client_body_buffer_size 2m;
     location = / { return 200 "hello $2\n"; }
     location = /64k { }
-    location = /upload { mirror /_sink; mirror_request_body on; error_page 404 405 =200 @ok; }
+    location = /upload { mirror /_sink; mirror_request_body on; error_page 405 =200 @ok; }
     location = /_sink { internal; return 204; }
     location @ok { return 200 "ok\n"; } }
 CONF
 }
 cat >"$work/origin.conf" <<CONF
-daemon off; worker_processes 1; worker_rlimit_nofile 65536; pid $work/origin.pid; error_log $work/origin.err warn;
+daemon off; worker_processes 1; worker_rlimit_nofile $NOFILE; pid $work/origin.pid; error_log $work/origin.err warn;
 events { worker_connections 16384; }
 http { access_log off; sendfile on; keepalive_requests 10000000; keepalive_timeout 300s;
   default_type application/octet-stream;
@@ -159,13 +164,13 @@ CONF
 # nginx as proxy: upstream keepalive; the request body streams to the origin (as levee and
 # HAProxy do) instead of being spooled to a temp file first.
 cat >"$work/nginx.conf" <<CONF
-daemon off; worker_processes 1; worker_rlimit_nofile 65536; pid $work/nginx.pid; error_log $work/nginx.err warn;
-events { worker_connections 30000; }
+daemon off; worker_processes 1; worker_rlimit_nofile $NOFILE; pid $work/nginx.pid; error_log $work/nginx.err warn;
+events { worker_connections $((NOFILE - 64)); }
 http { access_log off; keepalive_requests 10000000; keepalive_timeout 300s;
   upstream origins { server $ORIGIN1; server $ORIGIN2; keepalive 1024; keepalive_requests 10000000; }
   server { listen 127.0.0.1:$((B + 10)) backlog=4096; listen 127.0.0.1:$((B + 20)) http2 backlog=4096;
     listen 127.0.0.1:$((B + 30)) ssl backlog=4096;
-    ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem;
+    ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem; ssl_protocols TLSv1.2 TLSv1.3;
     client_max_body_size 2m;
     location / { proxy_pass http://origins; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_request_buffering off; } } }
@@ -174,7 +179,11 @@ CONF
 cat >"$work/haproxy.cfg" <<CONF
 global
   nbthread 1
-  maxconn 30000
+  ulimit-n $NOFILE
+  maxconn $((IDLE_CONNS + 1500))
+  # HAProxy sizes for 2 fds per connection; the memory scenario needs only 1 (client side) per
+  # idle connection, so a 20 000-fd container limit must not be fatal
+  no strict-limits
 defaults
   mode http
   timeout connect 5s
@@ -441,31 +450,16 @@ h1urlup() { echo "http://127.0.0.1:${H1[$1]}/upload"; }
 h2url() { echo "http://127.0.0.1:${H2C[$1]}/"; }
 tlsurl() { echo "https://127.0.0.1:${TLS[$1]}/"; }
 
+sleep 1; declare -A STARTUP_RSS; for p in "${PROXIES[@]}"; do STARTUP_RSS[$p]=$(rss_kib "${PID[$p]}"); done
 echo "# scenarios.sh $(date -u +%FT%TZ) $(uname -r) cpus=$(nproc) pin=$PIN load_cpu=$LOAD_CPU proxy_cpu=$PROXY_CPU"
 echo "# uptime:$(uptime | sed 's/.*load average/ load average/')"
 echo "# ROUNDS=$ROUNDS DURATION=$DURATION STACK=$STACK SCENARIOS=\"$SCENARIOS\""
 echo "# $("$NGINX" -v 2>&1 | sed 's/.*: //') haproxy/$("$HAPROXY" -v | awk 'NR==1{print $3}')" \
   "$("$LEVEE_BIN" --version 2>/dev/null || echo levee) $("$WRK" -v 2>&1 | awk 'NR==1{print "wrk/" $2}')" \
   "$("$H2LOAD" --version 2>/dev/null | awk '{print "h2load/" $2}' | head -1)"
-echo "# TLS: $(for p in "${PROXIES[@]}"; do printf '%s=%s ' "$p" "$(echo | openssl s_client -connect "127.0.0.1:${TLS[$p]}" 2>/dev/null | awk '/^ *Cipher *:/ {print $3; exit} /^New,/ {c=$NF} END{if(c) print c}' | head -1)"; done)"
+echo "# TLS: $(for p in "${PROXIES[@]}"; do printf '%s=%s ' "$p" "$(echo | openssl s_client -connect "127.0.0.1:${TLS[$p]}" 2>/dev/null | awk '/^New,/ {sub(",","",$2); print $2 "/" $NF; exit}')"; done)"
 
 # ---------------------------------------------------------------- scenarios
-if has memory; then
-  echo
-  echo "### memory — RSS idle, and with $IDLE_CONNS idle keep-alive connections (one request each)"
-  echo
-  echo "| target | RSS idle MiB | RSS with $IDLE_CONNS idle conns MiB | KiB per connection | conns still open |"
-  echo "|---|---:|---:|---:|---:|"
-  for p in "${PROXIES[@]}"; do
-    ( on "$LOAD_CPU" python3 "$repo/benches/idle_conns.py" --port "${H1[$p]}" --pid "${PID[$p]}" \
-      -n "$IDLE_CONNS" --markdown "$p" ) >"$work/memory-$p.txt" 2>&1 & LOADPID=$!
-    wait "$LOADPID" || { cat "$work/memory-$p.txt" >&2; die "idle_conns.py failed for $p"; }
-    LOADPID=
-    tail -1 "$work/memory-$p.txt"
-    sleep 1   # let the proxy close its side before the next one
-  done
-  echo
-fi
 has small && scenario small wrk "GET / keep-alive, wrk -t1 -c50 -d$DURATION, medians of $ROUNDS rounds" \
   h1url direct nginx haproxy levee -- -c50
 has big && scenario big wrk "GET /64k (64 KiB body) keep-alive, wrk -t1 -c50" h1url64k nginx haproxy levee -- -c50
@@ -481,6 +475,24 @@ has tls && scenario tls wrk "GET / over TLS keep-alive (rustls vs OpenSSL), wrk 
   nginx haproxy levee -- -c50
 has stack && scenario stack wrk "levee STACK=full vs STACK=bare, GET / keep-alive, wrk -t1 -c50" h1url \
   levee levee_other -- -c50
+if has memory; then
+  echo
+  echo "### memory — RSS idle, and with $IDLE_CONNS idle keep-alive connections (one request each)"
+  echo
+  echo "| target | RSS at start-up MiB | RSS idle before MiB | RSS with $IDLE_CONNS idle conns MiB | KiB per idle connection | conns still open |"
+  echo "|---|---:|---:|---:|---:|---:|"
+  for p in "${PROXIES[@]}"; do
+    ( on "$LOAD_CPU" python3 "$repo/benches/idle_conns.py" --port "${H1[$p]}" --pid "${PID[$p]}" \
+      -n "$IDLE_CONNS" --tsv ) >"$work/memory-$p.txt" 2>&1 & LOADPID=$!
+    wait "$LOADPID" || { cat "$work/memory-$p.txt" >&2; die "idle_conns.py failed for $p"; }
+    LOADPID=
+    read -r before with open_ < <(tail -1 "$work/memory-$p.txt")
+    awk -v n="$p" -v s="${STARTUP_RSS[$p]}" -v b="$before" -v w="$with" -v o="$open_" -v c="$IDLE_CONNS" \
+      'BEGIN{ printf "| %s | %.1f | %.1f | %.1f | %.1f | %d |\n", n, s/1024, b/1024, w/1024, (w-b)/c, o }'
+    sleep 1   # let the proxy close its side before the next one
+  done
+  echo
+fi
 hwm_kib() { local t=0 p v; for p in $(tree "$1"); do
   v=$(awk '/^VmHWM/ {print $2}' "/proc/$p/status" 2>/dev/null) && t=$((t + ${v:-0})); done; echo "$t"; }
 echo "# peak RSS (VmHWM, process tree) over the whole run:$(for p in "${PROXIES[@]}"; do
