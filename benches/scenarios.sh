@@ -73,7 +73,7 @@ WRK=$(find_bin wrk); NGINX=$(find_bin nginx); HAPROXY=$(find_bin haproxy); H2LOA
 # Some containers refuse to raise the hard limit even to root; then take the hard limit.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 NOFILE=$(ulimit -n)
-[ "$NOFILE" -gt $((IDLE_CONNS + 2000)) ] || die "open-file limit $NOFILE is too low for IDLE_CONNS=$IDLE_CONNS"
+! has memory || [ "$NOFILE" -gt $((IDLE_CONNS + 2000)) ] || die "open-file limit $NOFILE is too low for IDLE_CONNS=$IDLE_CONNS"
 
 PIN=0
 if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then PIN=1; fi
