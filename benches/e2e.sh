@@ -9,6 +9,8 @@
 #   ROUNDS=5 DURATION=15s ...      # anything peers.sh takes
 #
 # Quote ratios and CPU µs/request from one run, never absolute numbers across runs.
+# For every scenario of issue 8 (64 KiB, uploads, 1000 conns, new conns, TLS, memory) see
+# benches/scenarios.sh and docs/benchmarks.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 peers=${PEERS_SH:-../shared/bench/peers.sh}
