@@ -5,6 +5,7 @@ mod support;
 
 mod core;
 mod dashboard;
+mod faults;
 mod hostile;
 mod lifecycle;
 mod observability;
