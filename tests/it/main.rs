@@ -6,6 +6,7 @@ mod support;
 mod core;
 mod dashboard;
 mod faults;
+mod fuzz_corpus;
 mod hostile;
 mod lifecycle;
 mod observability;
