@@ -223,9 +223,7 @@ async fn main() {
                         let status = r.status().as_u16();
                         match r.into_body().collect().await.map(|c| c.to_bytes()) {
                             Err(_) => "truncated-body".to_string(),
-                            Ok(b) if status == 200 && b != "soak ok\n" => {
-                                "WRONG-BODY".to_string()
-                            }
+                            Ok(b) if status == 200 && b != "soak ok\n" => "WRONG-BODY".to_string(),
                             Ok(_) => match kind {
                                 Some(k) => format!("{status} {k}"),
                                 None => format!("{status} upstream"),
