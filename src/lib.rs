@@ -6,6 +6,7 @@ pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod fuzzing;
 pub mod history;
 pub mod layers;
 pub mod lifecycle;

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -89,6 +90,15 @@ pub trait OnComplete: Send + Sync + 'static {
     fn complete(&mut self, bytes: u64, finished: bool);
 }
 
+/// Why a response body stopped before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum ResponseBodyError {
+    #[error("upstream body: {0}")]
+    Upstream(#[from] hyper::Error),
+    #[error("upstream sent no body data for {0:?}")]
+    Stalled(std::time::Duration),
+}
+
 /// A response body on its way to the client.
 pub struct ResponseBody {
     inner: ResponseInner,
@@ -98,8 +108,17 @@ pub struct ResponseBody {
 }
 
 enum ResponseInner {
-    Upstream(Incoming),
+    Upstream(Incoming, Idle),
     Full(Option<Bytes>),
+}
+
+/// The longest an upstream body may go without a frame. The timer exists only once a read has
+/// had to wait, so a body that is already buffered when polled never touches the timer wheel.
+struct Idle {
+    limit: std::time::Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether `timer` counts from the current wait (it is re-armed after each frame).
+    armed: bool,
 }
 
 impl ResponseBody {
@@ -111,8 +130,17 @@ impl ResponseBody {
         Self::new(ResponseInner::Full(None))
     }
 
-    pub fn upstream(b: Incoming) -> Self {
-        Self::new(ResponseInner::Upstream(b))
+    /// An upstream's body; if it sends nothing for `idle`, the body ends in an error (the client
+    /// sees a truncated response, never a hang).
+    pub fn upstream(b: Incoming, idle: std::time::Duration) -> Self {
+        Self::new(ResponseInner::Upstream(
+            b,
+            Idle {
+                limit: idle,
+                timer: None,
+                armed: false,
+            },
+        ))
     }
 
     fn new(inner: ResponseInner) -> Self {
@@ -147,16 +175,37 @@ impl Drop for ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ResponseBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
         let this = self.get_mut();
         let frame = match &mut this.inner {
             ResponseInner::Full(b) => b.take().map(|b| Ok(Frame::data(b))),
-            ResponseInner::Upstream(body) => ready!(Pin::new(body).poll_frame(cx)),
+            ResponseInner::Upstream(body, idle) => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(frame) => {
+                    idle.armed = false;
+                    frame.map(|r| r.map_err(ResponseBodyError::from))
+                }
+                Poll::Pending => {
+                    let deadline = tokio::time::Instant::now() + idle.limit;
+                    let timer = match &mut idle.timer {
+                        Some(t) if idle.armed => t,
+                        Some(t) => {
+                            t.as_mut().reset(deadline);
+                            t
+                        }
+                        None => idle
+                            .timer
+                            .insert(Box::pin(tokio::time::sleep_until(deadline))),
+                    };
+                    idle.armed = true;
+                    ready!(timer.as_mut().poll(cx));
+                    Some(Err(ResponseBodyError::Stalled(idle.limit)))
+                }
+            },
         };
         match &frame {
             Some(Ok(f)) => {
@@ -173,7 +222,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             ResponseInner::Full(b) => b.is_none(),
-            ResponseInner::Upstream(b) => b.is_end_stream(),
+            ResponseInner::Upstream(b, _) => b.is_end_stream(),
         }
     }
 
@@ -181,7 +230,7 @@ impl Body for ResponseBody {
         match &self.inner {
             ResponseInner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ResponseInner::Full(None) => SizeHint::with_exact(0),
-            ResponseInner::Upstream(b) => b.size_hint(),
+            ResponseInner::Upstream(b, _) => b.size_hint(),
         }
     }
 }

@@ -5,17 +5,24 @@ use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::error::ProxyError;
 use crate::proxy::body::{RequestBody, RequestBodyError};
 use http::uri::{Authority, Scheme};
-use http::{Request, Response, Uri, Version};
+use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+type Connector = TrackingConnector<HttpsConnector<HttpConnector>>;
 
 /// Sends requests to an upstream's endpoints over pooled connections.
 #[derive(Clone)]
 pub struct UpstreamClient {
-    client: Client<HttpsConnector<HttpConnector>, RequestBody>,
+    client: Client<Connector, RequestBody>,
     scheme: Scheme,
     version: Version,
 }
@@ -53,7 +60,7 @@ impl UpstreamClient {
             b.http2_only(true);
         }
         Ok(UpstreamClient {
-            client: b.build(connector),
+            client: b.build(TrackingConnector(connector)),
             scheme: if config.tls.is_some() {
                 Scheme::HTTPS
             } else {
@@ -85,7 +92,203 @@ impl UpstreamClient {
             .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
         *req.uri_mut() = uri;
         *req.version_mut() = self.version;
-        self.client.request(req).await.map_err(classify)
+        // What it takes to send the request again if a pooled connection turns out to be dead.
+        let replay = replayable(&req);
+        match self.client.request(req).await {
+            Ok(resp) => Ok(answered(resp)),
+            Err(err) => match replay {
+                Some(again) if is_stale_connection(&err) => {
+                    tracing::debug!(error = %err, "pooled connection was closed; sending again");
+                    self.client
+                        .request(again.into_request())
+                        .await
+                        .map(answered)
+                        .map_err(classify)
+                }
+                _ => Err(classify(err)),
+            },
+        }
+    }
+}
+
+/// An idempotent request whose body can be sent again: its head and its (empty or buffered) body.
+struct Replay {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: http::HeaderMap,
+    body: RequestBody,
+}
+
+impl Replay {
+    fn into_request(self) -> Request<RequestBody> {
+        let mut req = Request::new(self.body);
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers;
+        req
+    }
+}
+
+fn replayable(req: &Request<RequestBody>) -> Option<Replay> {
+    let idempotent = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    );
+    if !idempotent {
+        return None;
+    }
+    let body = match req.body() {
+        RequestBody::Full(b) => RequestBody::Full(b.clone()),
+        RequestBody::Stream { body, .. } if http_body::Body::is_end_stream(body) => {
+            RequestBody::empty()
+        }
+        RequestBody::Stream { .. } => return None,
+    };
+    Some(Replay {
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        version: req.version(),
+        headers: req.headers().clone(),
+        body,
+    })
+}
+
+/// Marks the connection that carried `resp` as having answered: a failure on it from now on,
+/// before any response, means the upstream closed it while it sat in the pool.
+fn answered(mut resp: Response<Incoming>) -> Response<Incoming> {
+    if let Some(used) = resp.extensions_mut().remove::<ConnUse>() {
+        used.0.store(true, Ordering::Relaxed);
+    }
+    resp
+}
+
+/// True when `err` says a connection that had already answered a request was closed (FIN or
+/// RST) before any byte of this request's response: the upstream dropped an idle keep-alive
+/// connection just as levee reused it. That request never reached the application, so an
+/// idempotent one is sent once more on a fresh connection. A fresh connection failing, a
+/// malformed response or a timeout is never retried here (the retry layer decides those).
+fn is_stale_connection(err: &hyper_util::client::legacy::Error) -> bool {
+    if err.is_connect() {
+        return false;
+    }
+    let reused = err.connect_info().is_some_and(|c| {
+        let mut ext = http::Extensions::new();
+        c.get_extras(&mut ext);
+        ext.get::<ConnUse>()
+            .is_some_and(|u| u.0.load(Ordering::Relaxed))
+    });
+    if !reused {
+        return false;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_canceled() || h.is_closed() {
+                return true;
+            }
+            if h.is_parse() || h.is_timeout() || h.is_user() {
+                return false;
+            }
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Set once a connection has carried a complete response head; shared by every request on it.
+#[derive(Clone)]
+struct ConnUse(Arc<AtomicBool>);
+
+/// Wraps the connector so each connection carries a [`ConnUse`] flag in its `Connected` info:
+/// hyper-util hands it back with every response and every send error on that connection.
+#[derive(Clone)]
+pub struct TrackingConnector<C>(C);
+
+impl<C> tower::Service<Uri> for TrackingConnector<C>
+where
+    C: tower::Service<Uri>,
+    C::Future: Send + 'static,
+{
+    type Response = Tracked<C::Response>;
+    type Error = C::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, C::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), C::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.0.call(uri);
+        Box::pin(async move {
+            let io = connecting.await?;
+            Ok(Tracked {
+                io,
+                used: ConnUse(Arc::new(AtomicBool::new(false))),
+            })
+        })
+    }
+}
+
+/// A connection with its [`ConnUse`] flag.
+pub struct Tracked<T> {
+    io: T,
+    used: ConnUse,
+}
+
+impl<T: Connection> Connection for Tracked<T> {
+    fn connected(&self) -> Connected {
+        self.io.connected().extra(self.used.clone())
+    }
+}
+
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for Tracked<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Tracked<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 }
 

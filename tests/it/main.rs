@@ -5,6 +5,8 @@ mod support;
 
 mod core;
 mod dashboard;
+mod faults;
+mod fuzz_corpus;
 mod global_limit;
 mod hostile;
 mod lifecycle;

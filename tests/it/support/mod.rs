@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod fault;
 pub mod origin;
 pub mod proxy;
 pub mod raw;

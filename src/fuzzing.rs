@@ -1,0 +1,287 @@
+//! Entry points for fuzzing: each takes arbitrary bytes, drives one piece of input handling, and
+//! panics only when an invariant breaks. The cargo-fuzz targets in `fuzz/` call these, and so
+//! does an ordinary test over the regression corpus in `fuzz/corpus/`, so CI (stable, no
+//! libFuzzer) replays every interesting input found so far.
+//!
+//! Panicking is the point here, so the unwrap/expect lints are relaxed for this module.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use crate::config::Cidr;
+use crate::proxy::forward::{self, Peer};
+use crate::proxy::route::{normalize_host, Router};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::Version;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+
+/// The config parser and validator on arbitrary text: never panics, and a refused config
+/// always says why, at a place inside the file.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    // A base directory that does not exist: certificate paths resolve to nothing readable.
+    let base = Path::new("/nonexistent-levee-fuzz");
+    match crate::config::parse("fuzz.toml", text, base) {
+        Ok(config) => {
+            assert!(!config.listeners.is_empty(), "accepted with no listener");
+            assert!(!config.routes.is_empty(), "accepted with no route");
+            for r in &config.routes {
+                assert!(
+                    config.upstreams.iter().any(|u| u.name == r.upstream),
+                    "route {} names a missing upstream",
+                    r.name
+                );
+            }
+        }
+        Err(errors) => {
+            assert!(!errors.0.is_empty(), "refused without saying why");
+            let lines = text.split('\n').count();
+            for p in &errors.0 {
+                assert!(p.line >= 1 && p.column >= 1, "{p}");
+                assert!(p.line <= lines, "{p}: line past the end ({lines} lines)");
+                let _ = p.to_string();
+            }
+        }
+    }
+}
+
+/// The router on arbitrary routes and a request: `find` agrees with a naive reference, and
+/// `normalize_host` output is always lowercase and free of separators.
+///
+/// Input: lines; each but the last is a route `HOST PREFIX` (`HOST` `-` for any host), the
+/// last is the request `HOST PATH`.
+pub fn router(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let mut lines: Vec<&str> = text.split('\n').collect();
+    let request = lines.pop().unwrap_or_default();
+    let routes: Vec<(Option<String>, String)> = lines
+        .iter()
+        .take(64)
+        .map(|l| {
+            let (h, p) = l.split_once(' ').unwrap_or((l, "/"));
+            let host = (h != "-").then(|| h.to_ascii_lowercase());
+            (host, p.to_string())
+        })
+        .collect();
+    for (h, _) in &routes {
+        if let Some(h) = h {
+            check_normalized(h);
+        }
+    }
+    let router = Router::new(routes.iter().map(|(h, p)| (h.as_deref(), p.as_str())));
+    let (raw_host, path) = request.split_once(' ').unwrap_or((request, "/"));
+    check_normalized(raw_host);
+    let Some(host) = normalize_host(raw_host) else {
+        return;
+    };
+    let found = router.find(&host, path);
+    let expected = reference_find(&routes, &host, path);
+    assert_eq!(
+        found, expected,
+        "router disagrees with the reference for host {host:?} path {path:?} over {routes:?}"
+    );
+    if let Some(i) = found {
+        assert!(path.starts_with(&routes[i].1));
+    }
+}
+
+fn check_normalized(raw: &str) {
+    if let Some(h) = normalize_host(raw) {
+        assert!(
+            !h.bytes().any(|b| b.is_ascii_uppercase()
+                || b.is_ascii_whitespace()
+                || b == b'/'
+                || b == b'@'),
+            "normalize_host({raw:?}) = {h:?}"
+        );
+        assert!(h.len() <= raw.len(), "normalize_host({raw:?}) grew");
+    }
+}
+
+/// What the router should answer, the slow and obvious way: the exact host's routes if any,
+/// else those of the longest matching wildcard, else the host-less ones; then the longest
+/// prefix of the path, the earliest route on a tie.
+fn reference_find(routes: &[(Option<String>, String)], host: &str, path: &str) -> Option<usize> {
+    let exact: Vec<usize> = (0..routes.len())
+        .filter(|&i| routes[i].0.as_deref() == Some(host) && !host.starts_with('*'))
+        .collect();
+    let candidates = if !exact.is_empty() {
+        exact
+    } else {
+        let best_suffix = routes
+            .iter()
+            .filter_map(|(h, _)| h.as_deref()?.strip_prefix('*'))
+            .filter(|s| host.len() > s.len() && host.ends_with(s))
+            .max_by_key(|s| s.len());
+        match best_suffix {
+            Some(suffix) => (0..routes.len())
+                .filter(|&i| {
+                    routes[i]
+                        .0
+                        .as_deref()
+                        .and_then(|h| h.strip_prefix('*'))
+                        .is_some_and(|s| s == suffix)
+                })
+                .collect(),
+            None => (0..routes.len())
+                .filter(|&i| routes[i].0.is_none())
+                .collect(),
+        }
+    };
+    candidates
+        .into_iter()
+        .filter(|&i| path.starts_with(routes[i].1.as_str()))
+        .min_by_key(|&i| (std::cmp::Reverse(routes[i].1.len()), i))
+}
+
+/// Header processing on an arbitrary header map: hop-by-hop headers never survive, the
+/// forwarding headers always end with this hop, and the client address is the peer or one the
+/// headers named.
+///
+/// Input: byte 0 holds flags (version, TLS, trusted peer, IPv6), then the peer address (4 or
+/// 16 bytes), then lines: the first is the Host value, the rest `name:value` headers.
+pub fn headers(data: &[u8]) {
+    let Some((&flags, rest)) = data.split_first() else {
+        return;
+    };
+    let version = match flags & 3 {
+        0 => Version::HTTP_10,
+        1 => Version::HTTP_11,
+        2 => Version::HTTP_2,
+        _ => Version::HTTP_11,
+    };
+    let tls = flags & 4 != 0;
+    let trust = flags & 8 != 0;
+    let (ip, rest): (IpAddr, &[u8]) = if flags & 16 != 0 && rest.len() >= 16 {
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&rest[..16]);
+        (Ipv6Addr::from(b).into(), &rest[16..])
+    } else if rest.len() >= 4 {
+        (
+            Ipv4Addr::new(rest[0], rest[1], rest[2], rest[3]).into(),
+            &rest[4..],
+        )
+    } else {
+        (Ipv4Addr::LOCALHOST.into(), rest)
+    };
+    let trusted: Vec<Cidr> = if trust {
+        ["10.0.0.0/8", "127.0.0.0/8", "::1/128", "fd00::/8"]
+            .iter()
+            .filter_map(|c| Cidr::parse(c).ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut lines = rest.split(|&b| b == b'\n');
+    let host = lines
+        .next()
+        .and_then(|h| HeaderValue::from_bytes(h).ok())
+        .unwrap_or(HeaderValue::from_static(""));
+    let mut headers = HeaderMap::new();
+    for line in lines.take(100) {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(&line[..colon]),
+            HeaderValue::from_bytes(line[colon + 1..].trim_ascii()),
+        ) else {
+            continue;
+        };
+        headers.append(name, value);
+    }
+
+    let peer = Peer::new(ip, tls, &trusted);
+    assert_eq!(peer.trusted, trusted.iter().any(|c| c.contains(ip)));
+    let client = forward::client_ip(&peer, &headers, &trusted);
+    if !peer.trusted {
+        assert_eq!(
+            client, ip,
+            "an untrusted peer's headers moved the client address"
+        );
+    } else if client != ip {
+        let named = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|s| s.trim().parse::<IpAddr>().ok() == Some(client));
+        assert!(named, "client address {client} is from nowhere");
+    }
+
+    let upgrade = forward::is_upgrade_request(version, &headers);
+    let listed: Vec<HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    forward::strip_hop_by_hop(&mut headers, upgrade);
+    for name in [
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "proxy-authenticate",
+    ] {
+        assert!(!headers.contains_key(name), "{name} survived");
+    }
+    if upgrade {
+        assert_eq!(headers.get_all("connection").iter().count(), 1);
+        assert!(headers.contains_key("upgrade"));
+    } else {
+        assert!(!headers.contains_key("connection"), "connection survived");
+        assert!(!headers.contains_key("upgrade"), "upgrade survived");
+        for name in &listed {
+            assert!(
+                !headers.contains_key(name),
+                "{name} was listed in Connection"
+            );
+        }
+    }
+
+    forward::add_forwarding_headers(&mut headers, &peer, &host, version);
+    let mut buf = [0u8; 64];
+    let ip_text = forward::format_ip(ip, &mut buf).to_vec();
+    let xff = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .collect::<Vec<_>>();
+    assert_eq!(xff.len(), 1, "x-forwarded-for is one line");
+    assert!(
+        xff[0].as_bytes().ends_with(&ip_text),
+        "x-forwarded-for {:?} does not end with the peer",
+        xff[0]
+    );
+    let via = headers.get("via").expect("via is set");
+    assert!(via.as_bytes().ends_with(b" levee"), "via {via:?}");
+    let proto = headers.get("x-forwarded-proto").expect("proto is set");
+    if !peer.trusted {
+        let want: &[u8] = if tls { b"https" } else { b"http" };
+        assert_eq!(proto.as_bytes(), want);
+        assert_eq!(headers.get("x-forwarded-host"), Some(&host));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_points_take_anything() {
+        for data in [
+            &b""[..],
+            b"\xff\xfe",
+            b"[[listener]]\nbind = \"127.0.0.1:0\"\n",
+            b"- /\n*.a.b /x\na.b /\nwww.a.b /x/y",
+            b"\x0b\x0a\x00\x00\x01example.com\nx-forwarded-for: 1.2.3.4, 10.0.0.2\nconnection: x-a, upgrade\nx-a: 1\nupgrade: ws",
+        ] {
+            config(data);
+            router(data);
+            headers(data);
+        }
+    }
+}
