@@ -421,7 +421,13 @@ async fn breaker_state_survives_a_reload_that_does_not_touch_its_upstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
-    let slow = Origin::new().delay(Duration::from_secs(1)).start().await;
+    // The origin holds the request until the test has seen levee draining, so the check does not
+    // race a timer on a loaded machine.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let slow = Origin::new()
+        .behaviour(Behaviour::Gate(gate.clone()))
+        .start()
+        .await;
     let sa = slow.addr;
     let mut proxy = BinProxy::spawn(|l, ad| bin_config(l, ad, sa), &[], &[]);
     proxy.wait_ready().await;
@@ -435,26 +441,20 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
     .await;
     proxy.signal("TERM");
 
-    // While the slow request is still running: not ready, or no longer accepting.
-    let (ready, main) = (proxy.admin_url("/ready"), proxy.url("/"));
-    let mut draining_seen = false;
-    while !in_flight.is_finished() {
-        let ready = try_get(&ready).await;
-        if matches!(ready, Some((s, _)) if s == 503) {
-            draining_seen = true;
-            break;
-        }
-        if ready.is_some() && try_get(&main).await.is_none() {
-            draining_seen = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    // While the slow request is held, `/ready` turns 503 (the admin listener stays up to say
+    // so). Probing the main listener instead would race the drain: a probe accepted just before
+    // the listener closes is held at the gated origin like the request under test.
+    let ready = proxy.admin_url("/ready");
+    eventually("/ready 503 while draining", WAIT, || {
+        let ready = ready.clone();
+        async move { matches!(try_get(&ready).await, Some((s, _)) if s == 503) }
+    })
+    .await;
+    if in_flight.is_finished() {
+        panic!("the held request ended early: {:?}", in_flight.await);
     }
+    gate.add_permits(1);
     let answer = in_flight.await.unwrap();
-    assert!(
-        draining_seen,
-        "never saw /ready 503 or a closed listener while draining"
-    );
     let (status, body) = answer.expect("the in-flight request completed");
     assert_eq!(status, 200);
     assert_eq!(body, "slow ok\n");

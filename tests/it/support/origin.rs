@@ -24,6 +24,9 @@ pub enum Behaviour {
     Status(u16),
     /// Wait, then 200.
     Delay(Duration),
+    /// Wait until the test adds a permit to the semaphore, then 200 "slow ok": a slow request
+    /// whose end the test decides, instead of a timer racing the test's own steps.
+    Gate(Arc<tokio::sync::Semaphore>),
     /// Close the connection without answering.
     Reset,
     /// 200 with the request body echoed back (streamed), and `x-echo-len` trailer-free.
@@ -173,6 +176,12 @@ async fn serve(
         }
         Behaviour::Delay(d) => {
             tokio::time::sleep(d).await;
+            Response::new(full("slow ok\n"))
+        }
+        Behaviour::Gate(gate) => {
+            if let Ok(permit) = gate.acquire().await {
+                permit.forget();
+            }
             Response::new(full("slow ok\n"))
         }
         Behaviour::Reset => Response::new(full("")),
