@@ -60,6 +60,14 @@ impl CircuitBreaker {
         }
     }
 
+    /// See [`Breaker::record_late_failure`].
+    pub fn record_late_failure(&self, now: Instant) {
+        let transition = self.inner.lock().record_late_failure(now);
+        if let Some(t) = transition {
+            self.report(&t);
+        }
+    }
+
     pub fn cancel(&self, ticket: Ticket) {
         self.inner.lock().cancel(ticket);
     }

@@ -105,6 +105,8 @@ pub struct ResponseBody {
     sent: u64,
     done: bool,
     on_complete: Option<Box<dyn OnComplete>>,
+    /// The upstream and endpoint that are charged if this body breaks after the headers.
+    charge: Option<(std::sync::Arc<crate::upstream::Upstream>, usize)>,
 }
 
 enum ResponseInner {
@@ -149,7 +151,18 @@ impl ResponseBody {
             sent: 0,
             done: false,
             on_complete: None,
+            charge: None,
         }
+    }
+
+    /// Charges `endpoint` of `upstream` (breaker and outlier detection) if this body fails.
+    pub fn charge_failures_to(
+        mut self,
+        upstream: std::sync::Arc<crate::upstream::Upstream>,
+        endpoint: usize,
+    ) -> Self {
+        self.charge = Some((upstream, endpoint));
+        self
     }
 
     pub fn set_on_complete(&mut self, hook: Box<dyn OnComplete>) {
@@ -213,7 +226,13 @@ impl Body for ResponseBody {
                     this.sent += d.len() as u64;
                 }
             }
-            Some(Err(_)) => this.finish(false),
+            Some(Err(_)) => {
+                // The upstream failed after its headers were judged a success: charge it now.
+                if let Some((upstream, endpoint)) = this.charge.take() {
+                    upstream.late_failure(endpoint);
+                }
+                this.finish(false)
+            }
             None => this.finish(true),
         }
         Poll::Ready(frame)

@@ -248,7 +248,11 @@ async fn forward_to(
     let (mut parts, body) = resp.into_parts();
     forward::strip_hop_by_hop(&mut parts.headers, false);
     Ok((
-        Response::from_parts(parts, ResponseBody::upstream(body, route.config.timeout)),
+        Response::from_parts(
+            parts,
+            ResponseBody::upstream(body, route.config.timeout)
+                .charge_failures_to(route.upstream.clone(), endpoint),
+        ),
         endpoint,
     ))
 }

@@ -123,6 +123,22 @@ impl Upstream {
         }
     }
 
+    /// A response that was counted as a success broke mid-body (reset, stall): count it against
+    /// the breaker and the endpoint after all.
+    pub fn late_failure(&self, endpoint: usize) {
+        let now = tokio::time::Instant::now();
+        self.breaker.record_late_failure(now);
+        if let Some(ep) = self.endpoints.get(endpoint) {
+            ep.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(ev) = self.outlier.record(endpoint, true, now) {
+            tracing::warn!(upstream = %self.name, endpoint, reason = %ev.reason, "outlier detection ejected an endpoint");
+            if let Some(c) = self.metrics.ejections.get(endpoint) {
+                c.inc();
+            }
+        }
+    }
+
     /// Starts active health checks once per upstream (not again when a reload keeps it).
     pub fn start_health_checks(self: &Arc<Self>) {
         if self.config.health_check.is_some() && !self.health_started.swap(true, Ordering::AcqRel) {

@@ -63,8 +63,19 @@ async fn expect_truncated(fault: Fault) {
     .await
     .unwrap_or_else(|_| panic!("{fault:?}: the client hung"));
     assert_eq!(origin.requests().len(), 1, "{fault:?}: sent once");
-    let (calls, _) = breaker(&proxy).await;
+    // The head was a success when it arrived; the cut body is charged to the upstream afterwards.
+    let (calls, failures) = breaker(&proxy).await;
     assert!(calls >= 1, "{fault:?}: the breaker saw no call");
+    assert!(
+        failures >= 1,
+        "{fault:?}: the breaker did not count the cut body"
+    );
+    let status = get_json(&proxy.admin_url("/status")).await;
+    let ep = &upstream(&status, "app")["endpoints"][0];
+    assert!(
+        ep["failures"].as_u64().unwrap() >= 1,
+        "{fault:?}: endpoint not charged: {ep}"
+    );
     // levee is still serving.
     let s = Client::new().get(&proxy.admin_url("/ready")).await.status;
     assert_eq!(s, 200);

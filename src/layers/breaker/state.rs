@@ -338,6 +338,23 @@ impl Breaker {
         }
     }
 
+    /// A call already recorded as a success failed afterwards: its response body was cut (reset,
+    /// stall). It counts as one more failed call in the closed state's window, so an upstream
+    /// that sends headers and then breaks mid-body still trips the breaker. Open and half-open
+    /// breakers ignore it: their verdicts come from the calls they admitted.
+    pub fn record_late_failure(&mut self, now: Instant) -> Option<Transition> {
+        match self.state {
+            BreakerState::Closed => self.record_closed(
+                CallResult {
+                    failed: true,
+                    elapsed: Duration::ZERO,
+                },
+                now,
+            ),
+            _ => None,
+        }
+    }
+
     /// The call was abandoned (the client went away): frees its half-open trial slot without
     /// counting as a success or a failure. Tickets from closed or older states are dropped.
     pub fn cancel(&mut self, ticket: Ticket) {
@@ -796,6 +813,24 @@ mod tests {
         let t = call(&mut breaker, FAIL).expect("third in a row trips");
         assert_eq!(t.reason, "3 consecutive failures >= 3");
         assert_eq!(breaker.snapshot(now()).consecutive_failures, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn late_failures_count_only_while_closed() {
+        let mut breaker = Breaker::new(BreakerSettings {
+            consecutive_failures: 2,
+            ..BreakerSettings::default()
+        });
+        assert_eq!(call(&mut breaker, OK), None);
+        assert_eq!(breaker.record_late_failure(now()), None);
+        let t = breaker
+            .record_late_failure(now())
+            .expect("two broken bodies in a row trip");
+        assert_eq!(t.to, StateKind::Open);
+        assert_eq!(breaker.snapshot(now()).failures, 2);
+        // Open: a body cut now belongs to a call admitted before the trip.
+        assert_eq!(breaker.record_late_failure(now()), None);
+        assert_eq!(breaker.snapshot(now()).failures, 2);
     }
 
     #[tokio::test(start_paused = true)]
