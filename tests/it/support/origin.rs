@@ -252,8 +252,14 @@ impl Drop for OriginHandle {
     }
 }
 
-/// An address nothing listens on: bind, note the port, close.
+/// An address nothing listens on, and that no other test can start listening on.
 pub async fn dead_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap()
+    // Bound but never listening: connections are refused. The socket is leaked so the port stays
+    // taken for the test process's life; a released port could be handed to another test's
+    // listener running at the same time, and the "dead" endpoint would answer.
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = s.local_addr().unwrap();
+    std::mem::forget(s);
+    addr
 }
