@@ -34,7 +34,8 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
-    shared.metrics.in_flight.inc();
+    // A guard, not inc/dec: the future is dropped mid-way when the client goes away.
+    let in_flight = InFlight::new(&shared.metrics.in_flight);
     let snapshot = shared.snapshot.load_full();
     let log = access_log::enabled();
     let method = req.method().clone();
@@ -44,7 +45,7 @@ pub async fn handle(
         String::new()
     };
     let (resp, route, endpoint, host) = proxy(&snapshot, &conn, req, started, log).await;
-    shared.metrics.in_flight.dec();
+    drop(in_flight);
 
     let (mut resp, error_kind) = match resp {
         Ok(r) => (r, ""),
@@ -91,6 +92,22 @@ pub async fn handle(
         }));
     }
     Ok(resp)
+}
+
+/// Counts a request in `levee_in_flight_requests` for as long as it lives.
+struct InFlight<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> InFlight<'a> {
+    fn new(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// The answer, the route it took, the endpoint that gave it, and the request's host.
