@@ -154,23 +154,29 @@ async fn accept_loop(
                         .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc))
                         .await
                 }
+                // Boxed: the TLS handshake and TLS connection states are large, and inline they
+                // would size every plain-TCP connection's task too.
                 Some(acceptor) => {
-                    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    watcher
-                        .watch(builder.serve_connection_with_upgrades(TokioIo::new(tls), svc))
-                        .await
+                    Box::pin(async move {
+                        let tls =
+                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
+                                .await
+                            {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                    return Ok(());
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return Ok(());
+                                }
+                            };
+                        watcher
+                            .watch(builder.serve_connection_with_upgrades(TokioIo::new(tls), svc))
+                            .await
+                    })
+                    .await
                 }
             };
             if let Err(e) = result {
