@@ -108,12 +108,9 @@ pub struct RetryService<S> {
 }
 
 /// Buffers a small body so it can be sent again; leaves large or unknown-size bodies streaming.
-async fn make_replayable(
-    req: Request<RequestBody>,
-    limit: u64,
-) -> Result<Request<RequestBody>, ProxyError> {
-    let (parts, body) = req.into_parts();
-    let body = match body {
+async fn make_replayable(req: &mut Request<RequestBody>, limit: u64) -> Result<(), ProxyError> {
+    let body = std::mem::replace(req.body_mut(), RequestBody::empty());
+    *req.body_mut() = match body {
         RequestBody::Stream { body, remaining } => {
             let declared = http_body::Body::size_hint(&body).exact();
             if http_body::Body::is_end_stream(&body) {
@@ -134,17 +131,17 @@ async fn make_replayable(
         }
         full => full,
     };
-    Ok(Request::from_parts(parts, body))
+    Ok(())
 }
 
-fn clone_request(req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
+fn clone_request(req: &Request<RequestBody>) -> Option<Box<Request<RequestBody>>> {
     let body = req.body().try_clone()?;
     let mut r = Request::new(body);
     *r.method_mut() = req.method().clone();
     *r.uri_mut() = req.uri().clone();
     *r.version_mut() = req.version();
     *r.headers_mut() = req.headers().clone();
-    Some(r)
+    Some(Box::new(r))
 }
 
 impl<S> Service<Call> for RetryService<S>
@@ -172,7 +169,7 @@ where
             policy.budget.deposit(call.started);
             let idempotent = call.is_idempotent();
             if idempotent && policy.config.attempts > 1 {
-                call.req = make_replayable(call.req, policy.config.max_retry_body).await?;
+                make_replayable(&mut call.req, policy.config.max_retry_body).await?;
             }
             let overall = call.deadline;
             let picked = Arc::new(AtomicUsize::new(usize::MAX));

@@ -12,7 +12,8 @@ use tokio::time::Instant;
 
 /// A request on its way upstream, with what the layers decide about it along the way.
 pub struct Call {
-    pub req: Request<RequestBody>,
+    /// Boxed: a call moves through every layer, and a pointer is cheaper to move than a request.
+    pub req: Box<Request<RequestBody>>,
     pub client_ip: IpAddr,
     /// When levee received the request: the clock reading the layers share, so a request reads
     /// the clock a few times rather than once per layer.

@@ -229,7 +229,7 @@ async fn forward_to(
     }
 
     let call = Call {
-        req: upstream_req,
+        req: Box::new(upstream_req),
         client_ip,
         started,
         deadline: started + route.config.timeout,

@@ -346,7 +346,7 @@ impl tower::Service<crate::proxy::call::Call> for ClientService {
                     retry_after: std::time::Duration::from_secs(1),
                 });
             };
-            let sent = upstream.client.send(call.req, &ep.authority);
+            let sent = upstream.client.send(*call.req, &ep.authority);
             let resp = tokio::time::timeout_at(call.deadline, sent)
                 .await
                 .map_err(|_| ProxyError::UpstreamTimeout)??;
