@@ -8,7 +8,7 @@ pub mod window;
 
 use crate::error::ProxyError;
 use crate::metrics::{Metrics, TransitionLabels};
-use crate::proxy::call::{Call, CallFuture};
+use crate::proxy::call::{Call, CallFuture, CallService};
 use crate::upstream::Upstream;
 use parking_lot::Mutex;
 use state::{
@@ -157,14 +157,7 @@ pub struct BreakerService<S> {
 
 impl<S> Service<Call> for BreakerService<S>
 where
-    S: Service<
-            Call,
-            Response = crate::proxy::call::Answer,
-            Error = ProxyError,
-            Future = CallFuture,
-        > + Clone
-        + Send
-        + 'static,
+    S: CallService,
 {
     type Response = crate::proxy::call::Answer;
     type Error = ProxyError;

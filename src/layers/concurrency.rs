@@ -4,7 +4,7 @@
 //! upstream's slowness into levee's memory and everyone's latency.
 
 use crate::error::ProxyError;
-use crate::proxy::call::{Answer, Call, CallFuture};
+use crate::proxy::call::{Answer, Call, CallFuture, CallService};
 use crate::upstream::Upstream;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -97,10 +97,7 @@ pub struct ConcurrencyService<S> {
 
 impl<S> Service<Call> for ConcurrencyService<S>
 where
-    S: Service<Call, Response = Answer, Error = ProxyError, Future = CallFuture>
-        + Clone
-        + Send
-        + 'static,
+    S: CallService,
 {
     type Response = Answer;
     type Error = ProxyError;

@@ -5,7 +5,7 @@
 pub mod ejection;
 
 use crate::error::ProxyError;
-use crate::proxy::call::{Answer, Call, CallFuture};
+use crate::proxy::call::{Answer, Call, CallFuture, CallService};
 use crate::upstream::Upstream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -42,10 +42,7 @@ pub struct OutlierService<S> {
 
 impl<S> Service<Call> for OutlierService<S>
 where
-    S: Service<Call, Response = Answer, Error = ProxyError, Future = CallFuture>
-        + Clone
-        + Send
-        + 'static,
+    S: CallService,
 {
     type Response = Answer;
     type Error = ProxyError;

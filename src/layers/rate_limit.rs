@@ -12,7 +12,7 @@ pub mod global;
 use crate::config::{RateLimitConfig, RateLimitKey};
 use crate::error::ProxyError;
 use crate::metrics::RouteMetrics;
-use crate::proxy::call::{Answer, Call, CallFuture};
+use crate::proxy::call::{Answer, Call, CallFuture, CallService};
 use crate::redis::Redis;
 use gcra::{Decision, GcraCell, GcraSettings, KeyedLimiter};
 use global::{Fallback, GlobalLimiter, LeaseCheck};
@@ -255,10 +255,7 @@ pub struct RateLimitService<S> {
 
 impl<S> Service<Call> for RateLimitService<S>
 where
-    S: Service<Call, Response = Answer, Error = ProxyError, Future = CallFuture>
-        + Clone
-        + Send
-        + 'static,
+    S: CallService,
 {
     type Response = Answer;
     type Error = ProxyError;

@@ -15,7 +15,7 @@ use crate::config::RetryConfig;
 use crate::error::ProxyError;
 use crate::metrics::RouteMetrics;
 use crate::proxy::body::RequestBody;
-use crate::proxy::call::{Answer, Call, CallFuture};
+use crate::proxy::call::{Answer, Call, CallFuture, CallService};
 use backoff::Backoff;
 use budget::RetryBudget;
 use bytes::Bytes;
@@ -146,10 +146,7 @@ fn clone_request(req: &Request<RequestBody>) -> Option<Box<Request<RequestBody>>
 
 impl<S> Service<Call> for RetryService<S>
 where
-    S: Service<Call, Response = Answer, Error = ProxyError, Future = CallFuture>
-        + Clone
-        + Send
-        + 'static,
+    S: CallService,
 {
     type Response = Answer;
     type Error = ProxyError;

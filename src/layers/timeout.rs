@@ -5,7 +5,7 @@
 //! measurable CPU at proxy rates.
 
 use crate::error::ProxyError;
-use crate::proxy::call::{Answer, Call, CallFuture};
+use crate::proxy::call::{Answer, Call, CallFuture, CallService};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tower::{Layer, Service};
@@ -39,10 +39,7 @@ pub struct TimeoutService<S> {
 
 impl<S> Service<Call> for TimeoutService<S>
 where
-    S: Service<Call, Response = Answer, Error = ProxyError, Future = CallFuture>
-        + Clone
-        + Send
-        + 'static,
+    S: CallService,
 {
     type Response = Answer;
     type Error = ProxyError;

@@ -53,3 +53,26 @@ pub struct Answer {
 
 pub type CallFuture =
     Pin<Box<dyn Future<Output = Result<Answer, crate::error::ProxyError>> + Send>>;
+
+/// What every layer of a route's stack wraps: a cloneable service from a [`Call`] to an
+/// [`Answer`], failing with a `ProxyError`, whose future is boxed. One name for the bound the
+/// layers share.
+pub trait CallService:
+    tower::Service<Call, Response = Answer, Error = crate::error::ProxyError, Future = CallFuture>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<T> CallService for T where
+    T: tower::Service<
+            Call,
+            Response = Answer,
+            Error = crate::error::ProxyError,
+            Future = CallFuture,
+        > + Clone
+        + Send
+        + 'static
+{
+}

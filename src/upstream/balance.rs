@@ -48,7 +48,7 @@ impl Upstream {
 }
 
 use crate::error::ProxyError;
-use crate::proxy::call::{Answer, Call, CallFuture};
+use crate::proxy::call::{Answer, Call, CallFuture, CallService};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
@@ -91,10 +91,7 @@ impl Drop for InFlight<'_> {
 
 impl<S> Service<Call> for BalanceService<S>
 where
-    S: Service<Call, Response = Answer, Error = ProxyError, Future = CallFuture>
-        + Clone
-        + Send
-        + 'static,
+    S: CallService,
 {
     type Response = Answer;
     type Error = ProxyError;
