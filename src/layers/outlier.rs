@@ -68,25 +68,7 @@ where
                     ep.failures.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            if let Some(ev) = upstream.outlier.record(endpoint, failed, Instant::now()) {
-                let address = upstream
-                    .endpoints
-                    .get(endpoint)
-                    .map(|e| e.address.as_str())
-                    .unwrap_or("?");
-                tracing::warn!(
-                    upstream = %upstream.name,
-                    endpoint = address,
-                    times_ejected = ev.times_ejected,
-                    reason = %ev.reason,
-                    "outlier detection ejected endpoint {address} for {:?}: {}",
-                    ev.until.saturating_duration_since(Instant::now()),
-                    ev.reason
-                );
-                if let Some(c) = upstream.metrics.ejections.get(endpoint) {
-                    c.inc();
-                }
-            }
+            upstream.judge_endpoint(endpoint, failed, Instant::now());
             result
         })
     }

@@ -131,11 +131,30 @@ impl Upstream {
         if let Some(ep) = self.endpoints.get(endpoint) {
             ep.failures.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(ev) = self.outlier.record(endpoint, true, now) {
-            tracing::warn!(upstream = %self.name, endpoint, reason = %ev.reason, "outlier detection ejected an endpoint");
-            if let Some(c) = self.metrics.ejections.get(endpoint) {
-                c.inc();
-            }
+        self.judge_endpoint(endpoint, true, now);
+    }
+
+    /// Feeds one outcome to outlier detection; logs and counts an ejection if it causes one.
+    pub fn judge_endpoint(&self, endpoint: usize, failed: bool, now: tokio::time::Instant) {
+        let Some(ev) = self.outlier.record(endpoint, failed, now) else {
+            return;
+        };
+        let address = self
+            .endpoints
+            .get(endpoint)
+            .map(|e| e.address.as_str())
+            .unwrap_or("?");
+        tracing::warn!(
+            upstream = %self.name,
+            endpoint = address,
+            times_ejected = ev.times_ejected,
+            reason = %ev.reason,
+            "outlier detection ejected endpoint {address} for {:?}: {}",
+            ev.until.saturating_duration_since(now),
+            ev.reason
+        );
+        if let Some(c) = self.metrics.ejections.get(endpoint) {
+            c.inc();
         }
     }
 
