@@ -12,6 +12,7 @@ pub mod layers;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
+pub mod park;
 pub mod proxy;
 pub mod redis;
 pub mod runtime;

@@ -1,37 +1,56 @@
-//! Listeners: accept loop, connection cap, optional TLS, HTTP/1.1 and HTTP/2 on one port through
-//! hyper-util's auto builder, and draining through its `GracefulShutdown` watcher.
+//! Listeners: accept loop, connection cap, optional TLS, HTTP/1.1 and HTTP/2 on one port, and
+//! draining through hyper-util's `GracefulShutdown`. Plaintext connections go to `park`, which
+//! serves HTTP/1 with a plain hyper connection it can park when idle, and HTTP/2 prior knowledge
+//! with hyper-util's auto builder; TLS connections are served by the auto builder.
 
 use crate::config::ListenerConfig;
 use crate::proxy::handler::{handle, ConnContext};
 use crate::shared::Shared;
+use crate::snapshot::ListenerRuntime;
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// The HTTP server settings of a listener, built once per snapshot.
+/// A listener's HTTP/1 settings, applied alike to hyper's HTTP/1 builder and to the auto
+/// builder's HTTP/1 half (two types with the same setters).
+macro_rules! http1_settings {
+    ($builder:expr, $cfg:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            .header_read_timeout($cfg.header_read_timeout)
+            .max_headers($cfg.max_headers)
+            // hyper refuses header sections beyond its buffer with its own 431; levee's own
+            // check (with `x-levee-error`) runs below this ceiling.
+            .max_buf_size(($cfg.max_header_bytes * 2).max(16 * 1024))
+    };
+}
+
+/// The HTTP server settings of a listener (HTTP/1 and HTTP/2), built once per snapshot.
 pub fn http_builder(cfg: &ListenerConfig) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(cfg.header_read_timeout)
-        .max_headers(cfg.max_headers)
-        // hyper refuses header sections beyond its buffer with its own 431; levee's own check
-        // (with `x-levee-error`) runs below this ceiling.
-        .max_buf_size((cfg.max_header_bytes * 2).max(16 * 1024));
+    http1_settings!(b.http1(), cfg);
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(cfg.http2_max_concurrent_streams)
         .max_header_list_size(u32::try_from(cfg.max_header_bytes * 2).unwrap_or(u32::MAX))
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10));
+    b
+}
+
+/// The HTTP/1 settings of a listener for plaintext HTTP/1 connections, built once per snapshot.
+pub fn http1_builder(cfg: &ListenerConfig) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    http1_settings!(b, cfg);
     b
 }
 
@@ -138,49 +157,18 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let watcher = graceful.watcher();
         let shared = shared.clone();
+        let stop = stop.clone();
         tokio::spawn(async move {
             let _count = count;
-            let handshake_timeout = runtime.config.header_read_timeout;
-            let ctx = Arc::new(ConnContext {
-                peer,
-                tls: runtime.tls.is_some(),
-                listener: runtime.clone(),
-            });
-            let svc = service_fn(move |req| handle(shared.clone(), ctx.clone(), req));
-            let builder = &runtime.builder;
-            let result = match &runtime.tls {
+            match runtime.tls.clone() {
                 None => {
-                    watcher
-                        .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc))
-                        .await
+                    crate::park::serve_plain(stream, peer, shared, runtime, stop, watcher).await
                 }
                 // Boxed: the TLS handshake and TLS connection states are large, and inline they
                 // would size every plain-TCP connection's task too.
                 Some(acceptor) => {
-                    Box::pin(async move {
-                        let tls =
-                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
-                                .await
-                            {
-                                Ok(Ok(s)) => s,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                    return Ok(());
-                                }
-                                Err(_) => {
-                                    tracing::debug!(%peer, "TLS handshake timed out");
-                                    return Ok(());
-                                }
-                            };
-                        watcher
-                            .watch(builder.serve_connection_with_upgrades(TokioIo::new(tls), svc))
-                            .await
-                    })
-                    .await
+                    Box::pin(serve_tls(stream, peer, acceptor, shared, runtime, watcher)).await
                 }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }
@@ -191,5 +179,41 @@ async fn accept_loop(
         .is_err()
     {
         tracing::warn!(listener = %name, "drain timeout reached; closing remaining connections");
+    }
+}
+
+/// Serves one TLS connection with the auto builder (HTTP/1 or HTTP/2); never parked.
+async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    shared: Arc<Shared>,
+    runtime: Arc<ListenerRuntime>,
+    watcher: Watcher,
+) {
+    let handshake_timeout = runtime.config.header_read_timeout;
+    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let ctx = Arc::new(ConnContext {
+        peer,
+        tls: true,
+        listener: runtime.clone(),
+        activity: None,
+    });
+    let svc = service_fn(move |req| handle(shared.clone(), ctx.clone(), req));
+    let conn = runtime
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(tls), svc);
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }

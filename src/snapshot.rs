@@ -33,7 +33,10 @@ pub struct Route {
 pub struct ListenerRuntime {
     pub config: ListenerConfig,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// HTTP/1 and HTTP/2 on one port: TLS connections and HTTP/2 prior knowledge.
     pub builder: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    /// The same HTTP/1 settings, for plaintext HTTP/1 connections (which can be parked).
+    pub http1: hyper::server::conn::http1::Builder,
 }
 
 /// The complete running configuration.
@@ -169,6 +172,7 @@ impl Snapshot {
                     config: l.clone(),
                     tls,
                     builder: crate::server::http_builder(l),
+                    http1: crate::server::http1_builder(l),
                 }),
             );
         }

@@ -1,11 +1,13 @@
 //! Bodies as they flow through levee: streamed by default, buffered only when small enough to
 //! replay on a retry, and counted on the way out for the access log.
 
+use crate::park::{Busy, ConnActivity};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 /// Error type of request bodies: the client's stream failed, or it outgrew `max_body`.
@@ -17,6 +19,64 @@ pub enum RequestBodyError {
     TooLarge,
 }
 
+/// The client's request body as hyper delivers it. On a parkable connection it holds the
+/// connection busy until it has been read to its end; dropped before that, it forbids parking,
+/// since hyper may then stop reading the connection half-way through the body.
+#[derive(Debug)]
+pub struct ClientBody {
+    body: Incoming,
+    busy: Option<Busy>,
+}
+
+impl ClientBody {
+    pub fn new(body: Incoming, activity: Option<&Arc<ConnActivity>>) -> Self {
+        let busy = match activity {
+            Some(a) if !body.is_end_stream() => Some(a.hold()),
+            _ => None,
+        };
+        ClientBody { body, busy }
+    }
+
+    fn ended(&mut self) {
+        self.busy = None;
+    }
+}
+
+impl Drop for ClientBody {
+    fn drop(&mut self) {
+        if let Some(busy) = self.busy.take() {
+            if !self.body.is_end_stream() {
+                busy.forbid_parking();
+            }
+        }
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let frame = ready!(Pin::new(&mut this.body).poll_frame(cx));
+        if this.busy.is_some() && (frame.is_none() || this.body.is_end_stream()) {
+            this.ended();
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// A request body on its way upstream.
 #[derive(Debug)]
 pub enum RequestBody {
@@ -24,7 +84,7 @@ pub enum RequestBody {
     Full(Option<Bytes>),
     /// Streamed from the client as it arrives; `remaining` enforces `max_body` on chunked bodies.
     Stream {
-        body: Incoming,
+        body: ClientBody,
         remaining: Option<u64>,
     },
 }
@@ -107,6 +167,8 @@ pub struct ResponseBody {
     on_complete: Option<Box<dyn OnComplete>>,
     /// The upstream and endpoint that are charged if this body breaks after the headers.
     charge: Option<(std::sync::Arc<crate::upstream::Upstream>, usize)>,
+    /// Keeps a parkable connection busy until this body is sent or abandoned.
+    busy: Option<Busy>,
 }
 
 enum ResponseInner {
@@ -152,6 +214,7 @@ impl ResponseBody {
             done: false,
             on_complete: None,
             charge: None,
+            busy: None,
         }
     }
 
@@ -169,8 +232,14 @@ impl ResponseBody {
         self.on_complete = Some(hook);
     }
 
+    /// Holds `busy` until the body is sent or abandoned.
+    pub fn hold(&mut self, busy: Busy) {
+        self.busy = Some(busy);
+    }
+
     fn finish(&mut self, finished: bool) {
         self.done = true;
+        self.busy = None;
         if let Some(mut hook) = self.on_complete.take() {
             hook.complete(self.sent, finished);
         }

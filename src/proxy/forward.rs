@@ -30,6 +30,12 @@ pub fn is_upgrade_request(version: Version, headers: &HeaderMap) -> bool {
         && connection_has_token(headers, "upgrade")
 }
 
+/// True when the client asked for the connection to end after this request: HTTP/1.0 (whose
+/// keep-alive extension levee does not count on) or `Connection: close`.
+pub fn wants_close(version: Version, headers: &HeaderMap) -> bool {
+    version != Version::HTTP_11 || connection_has_token(headers, "close")
+}
+
 fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(header::CONNECTION)

@@ -2,12 +2,14 @@
 //! rewrite headers, run the route's stack, and turn the outcome into the client's response.
 
 use super::access_log::{self, AccessLog};
-use super::body::{RequestBody, ResponseBody};
+use super::body::{ClientBody, RequestBody, ResponseBody};
 use super::call::Call;
 use super::forward::{self, Peer};
 use super::route::normalize_host;
 use crate::error::ProxyError;
 use crate::metrics::status_class;
+use crate::park::rewind::Rewind;
+use crate::park::{ConnActivity, Upgraded};
 use crate::shared::Shared;
 use crate::snapshot::{ListenerRuntime, Route};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
@@ -25,6 +27,8 @@ pub struct ConnContext {
     pub peer: SocketAddr,
     pub tls: bool,
     pub listener: Arc<ListenerRuntime>,
+    /// Set on plaintext HTTP/1 connections, which are parked when idle (`crate::park`).
+    pub activity: Option<Arc<ConnActivity>>,
 }
 
 /// Serves one request; never fails (every failure is an HTTP answer) and never panics.
@@ -34,6 +38,13 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
+    // A parkable connection is parked only when nothing is in flight: the response holds this
+    // token until it is sent, the request body another until it is read.
+    let busy = conn
+        .activity
+        .as_ref()
+        .map(|a| a.begin(forward::wants_close(req.version(), req.headers())));
+    let req = req.map(|body| ClientBody::new(body, conn.activity.as_ref()));
     // A guard, not inc/dec: the future is dropped mid-way when the client goes away.
     let in_flight = InFlight::new(&shared.metrics.in_flight);
     let snapshot = shared.snapshot.load_full();
@@ -58,6 +69,9 @@ pub async fn handle(
             (e.into_response(), kind)
         }
     };
+    if let Some(busy) = busy {
+        resp.body_mut().hold(busy);
+    }
     let status = resp.status().as_u16();
     if let Some(route) = route {
         route.metrics.requests[status_class(status)].inc();
@@ -121,7 +135,7 @@ type Outcome<'a> = (
 async fn proxy<'a>(
     snapshot: &'a crate::snapshot::Snapshot,
     conn: &ConnContext,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     started: Instant,
     log: bool,
 ) -> Outcome<'a> {
@@ -190,7 +204,7 @@ async fn proxy<'a>(
 async fn forward_to(
     route: &Route,
     conn: &ConnContext,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     raw_host: &HeaderValue,
     started: Instant,
 ) -> Result<(Response<ResponseBody>, usize), ProxyError> {
@@ -207,7 +221,10 @@ async fn forward_to(
         }
     }
     let upgrade = forward::is_upgrade_request(req.version(), req.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let client_upgrade = upgrade.then(|| match &conn.activity {
+        Some(activity) => ClientUpgrade::Parkable(activity.clone()),
+        None => ClientUpgrade::Hyper(hyper::upgrade::on(&mut req)),
+    });
 
     let peer = Peer::new(conn.peer.ip(), conn.tls, &settings.trusted_proxies);
     let client_ip = forward::client_ip(&peer, req.headers(), &settings.trusted_proxies);
@@ -248,16 +265,32 @@ async fn forward_to(
             ));
         };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        tokio::spawn(async move {
-            match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                Ok((client, upstream)) => {
-                    let mut client = TokioIo::new(client);
-                    let mut upstream = TokioIo::new(upstream);
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                }
-                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        match client_upgrade {
+            ClientUpgrade::Hyper(client_upgrade) => {
+                tokio::spawn(async move {
+                    match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                        Ok((client, upstream)) => tunnel(TokioIo::new(client), upstream).await,
+                        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                    }
+                });
             }
-        });
+            ClientUpgrade::Parkable(activity) => {
+                // The connection loop sends the socket once hyper has written the 101.
+                let (tx, rx) = tokio::sync::oneshot::channel::<Upgraded>();
+                activity.expect_upgrade(tx);
+                tokio::spawn(async move {
+                    match tokio::join!(rx, upstream_upgrade) {
+                        (Ok(client), Ok(upstream)) => {
+                            tunnel(Rewind::new(client.stream, client.leftover), upstream).await
+                        }
+                        (Err(_), _) => {
+                            tracing::debug!("upgrade failed: the client connection ended first")
+                        }
+                        (_, Err(e)) => tracing::debug!(error = %e, "upgrade failed"),
+                    }
+                });
+            }
+        }
         let (parts, _) = resp.into_parts();
         return Ok((Response::from_parts(parts, ResponseBody::empty()), endpoint));
     }
@@ -272,4 +305,21 @@ async fn forward_to(
         ),
         endpoint,
     ))
+}
+
+/// Where the client's side of an upgrade comes from.
+enum ClientUpgrade {
+    /// TLS and HTTP/2 connections: hyper fulfils the upgrade.
+    Hyper(hyper::upgrade::OnUpgrade),
+    /// Parkable HTTP/1 connections: the connection loop hands the socket over.
+    Parkable(Arc<ConnActivity>),
+}
+
+/// Copies bytes both ways between an upgraded client and upstream until both sides are done.
+async fn tunnel<C>(mut client: C, upstream: hyper::upgrade::Upgraded)
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut upstream = TokioIo::new(upstream);
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
 }

@@ -1,0 +1,260 @@
+//! Parking idle HTTP/1 keep-alive connections, so that an idle connection costs a socket and a
+//! few hundred bytes instead of hyper's buffers and connection state.
+//!
+//! hyper keeps an HTTP/1 connection's read buffer (8–16 KiB), write buffer (8 KiB) and its
+//! connection future alive for as long as the connection is open, idle or not, and offers no way
+//! to release them from outside. nginx frees its request buffers on an idle keep-alive
+//! connection; this module does the same by ending the hyper connection instead: once nothing
+//! has been in flight for `PARK_AFTER`, the loop asks hyper to shut the connection down
+//! gracefully (hyper, idle between requests, stops at once and writes nothing), takes the socket
+//! back with the bytes hyper read but had not parsed, and waits for the socket to become
+//! readable. Then a fresh hyper connection continues on the same socket, fed those bytes first.
+//!
+//! A parked connection is resumed only when the loop itself stopped hyper and no request on it
+//! asked to close (HTTP/1.0, `Connection: close`) or left its body half-read: in every other
+//! ending hyper closed the connection for its own reasons and so does the loop.
+//!
+//! Plaintext only: the first bytes tell HTTP/2 prior knowledge (served by hyper-util's auto
+//! builder, as TLS connections are, and never parked) from HTTP/1. Upgrades (101) on a parkable
+//! connection are handed over through `ConnActivity`, since the plain hyper connection used here
+//! does not fulfil `hyper::upgrade::on`.
+
+pub mod activity;
+pub mod rewind;
+
+use activity::{plan, Step};
+pub use activity::{Busy, ConnActivity, Upgraded};
+use rewind::Rewind;
+
+use crate::proxy::handler::{handle, ConnContext};
+use crate::shared::Shared;
+use crate::snapshot::ListenerRuntime;
+use bytes::Bytes;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::Watcher;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// How long an HTTP/1 connection has nothing in flight before it is parked. Long enough that a
+/// client sending request after request (a browser loading a page, a pooled client under load)
+/// keeps its hyper connection and pays nothing; short enough that most of the time a keep-alive
+/// connection spends idle (seconds to minutes) it is parked. Resuming costs a fresh hyper
+/// connection, about what a new TCP connection costs levee minus the handshake.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
+
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How the first bytes of a plaintext connection read.
+enum Start {
+    /// HTTP/1, with any bytes already taken off the socket.
+    Http1(Bytes),
+    /// HTTP/2 prior knowledge, with the part of the preface already taken off the socket.
+    Http2(Bytes),
+}
+
+/// Serves one plaintext connection: HTTP/1 with parking, or HTTP/2 prior knowledge as before.
+/// `stop` turns true when the listener drains; `watcher` keeps the listener's drain waiting
+/// until this connection has ended.
+pub async fn serve_plain(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    listener: Arc<ListenerRuntime>,
+    mut stop: watch::Receiver<bool>,
+    watcher: Watcher,
+) {
+    let activity = ConnActivity::new();
+    let idle_timeout = listener.config.header_read_timeout;
+    let mut stream = stream;
+    // A connection that never sends a byte is held no longer than one that stalls mid-head.
+    let deadline = activity.idle_since() + idle_timeout;
+    let start = tokio::select! {
+        biased;
+        _ = stop.changed() => return,
+        _ = tokio::time::sleep_until(deadline) => return,
+        s = sniff(&mut stream) => match s {
+            Ok(Some(s)) => s,
+            Ok(None) | Err(_) => return,
+        },
+    };
+    let read = match start {
+        Start::Http2(read) => {
+            let ctx = Arc::new(ConnContext {
+                peer,
+                tls: false,
+                listener: listener.clone(),
+                activity: None,
+            });
+            let svc = service_fn(move |req| handle(shared.clone(), ctx.clone(), req));
+            // Boxed: the auto connection is large, and inline it would size every parked
+            // HTTP/1 connection's task too.
+            let io = TokioIo::new(Rewind::new(stream, read));
+            let conn =
+                Box::pin(watcher.watch(listener.builder.serve_connection_with_upgrades(io, svc)));
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            return;
+        }
+        Start::Http1(read) => read,
+    };
+    // Not watched by hyper-util: held so the listener's drain waits for this connection too.
+    let _drain_guard = watcher;
+    let ctx = Arc::new(ConnContext {
+        peer,
+        tls: false,
+        listener,
+        activity: Some(activity.clone()),
+    });
+    serve_http1(stream, read, shared, ctx, activity, stop).await;
+}
+
+/// Reads just enough to tell HTTP/2 prior knowledge from HTTP/1: peeks first, and takes bytes
+/// off the socket only while they could still be the start of the HTTP/2 preface. None on EOF.
+async fn sniff(stream: &mut TcpStream) -> std::io::Result<Option<Start>> {
+    let mut buf = [0u8; 24];
+    let n = stream.peek(&mut buf).await?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf[..n] != H2_PREFACE[..n] {
+        return Ok(Some(Start::Http1(Bytes::new())));
+    }
+    if n == H2_PREFACE.len() {
+        return Ok(Some(Start::Http2(Bytes::new())));
+    }
+    // A partial preface (or an HTTP/1 request that starts like one): read until it is decided.
+    let mut filled = 0;
+    loop {
+        let n = stream.read(&mut buf[filled..]).await?;
+        let read = Bytes::copy_from_slice(&buf[..filled + n]);
+        if n == 0 {
+            return Ok(Some(Start::Http1(read)));
+        }
+        filled += n;
+        if buf[..filled] != H2_PREFACE[..filled] {
+            return Ok(Some(Start::Http1(read)));
+        }
+        if filled == H2_PREFACE.len() {
+            return Ok(Some(Start::Http2(read)));
+        }
+    }
+}
+
+/// The HTTP/1 connection loop: a hyper connection while there is work, the bare socket while
+/// parked, until the client leaves, the idle timeout passes, or the listener drains.
+async fn serve_http1(
+    mut stream: TcpStream,
+    mut unparsed: Bytes,
+    shared: Arc<Shared>,
+    ctx: Arc<ConnContext>,
+    activity: Arc<ConnActivity>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let idle_timeout = ctx.listener.config.header_read_timeout;
+    let peer = ctx.peer;
+    let tick = tokio::time::sleep(PARK_AFTER);
+    tokio::pin!(tick);
+    let mut draining = false;
+    loop {
+        if unparsed.is_empty() {
+            // Parked: nothing but the socket, until it has bytes (or EOF) to read.
+            tick.as_mut().reset(activity.idle_since() + idle_timeout);
+            let mut probe = [0u8; 1];
+            tokio::select! {
+                biased;
+                _ = stop.changed() => return,
+                _ = &mut tick => return,
+                r = stream.peek(&mut probe) => match r {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                },
+            }
+        }
+
+        let io = TokioIo::new(Rewind::keeping_open(stream, std::mem::take(&mut unparsed)));
+        let svc = {
+            let (shared, ctx) = (shared.clone(), ctx.clone());
+            service_fn(move |req| handle(shared.clone(), ctx.clone(), req))
+        };
+        // Boxed: its size stays off this task's future while the connection is parked.
+        let mut conn = Box::new(ctx.listener.http1.serve_connection(io, svc));
+        let first = activity.started();
+        let mut parking = false;
+        let mut checking = true;
+        tick.as_mut().reset(Instant::now() + PARK_AFTER);
+        let ended = loop {
+            tokio::select! {
+                biased;
+                r = &mut *conn => break r,
+                _ = stop.changed(), if !draining => {
+                    // As hyper-util's watcher does: idle now means closed now; a request in
+                    // flight finishes, with `connection: close` if its head is not sent yet.
+                    draining = true;
+                    Pin::new(&mut *conn).graceful_shutdown();
+                }
+                _ = &mut tick, if checking && !parking && !draining => {
+                    match plan(activity.seen(first), Instant::now(), idle_timeout) {
+                        Step::Park => {
+                            parking = true;
+                            Pin::new(&mut *conn).graceful_shutdown();
+                        }
+                        Step::Close => return,
+                        Step::At(at) => tick.as_mut().reset(at),
+                        Step::Never => checking = false,
+                    }
+                }
+            }
+        };
+        let parts = conn.into_parts();
+        let (socket, rest) = parts.io.into_inner().into_parts();
+        stream = socket;
+        if let Err(e) = ended {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+            return;
+        }
+        let leftover = join(&parts.read_buf, &rest);
+        if let Some(tx) = activity.take_upgrade() {
+            let _ = tx.send(Upgraded { stream, leftover });
+            return;
+        }
+        if !parking || draining || activity.parking_forbidden() {
+            // hyper ended it for its own reasons (the client asked to close, EOF, a drain):
+            // finish as hyper would have, with a FIN.
+            let _ = stream.shutdown().await;
+            return;
+        }
+        unparsed = leftover;
+    }
+}
+
+/// What hyper had read but not parsed, then what it had not read of the bytes it was given:
+/// copied out, so a few leftover bytes do not pin hyper's whole read buffer while parked.
+fn join(read_buf: &[u8], rest: &[u8]) -> Bytes {
+    if rest.is_empty() {
+        return Bytes::copy_from_slice(read_buf);
+    }
+    let mut all = Vec::with_capacity(read_buf.len() + rest.len());
+    all.extend_from_slice(read_buf);
+    all.extend_from_slice(rest);
+    Bytes::from(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unparsed_bytes_keep_their_order() {
+        assert_eq!(&join(b"GET / HT", b"TP/1.1\r\n")[..], b"GET / HTTP/1.1\r\n");
+        assert_eq!(&join(b"", b"abc")[..], b"abc");
+        assert_eq!(&join(b"abc", b"")[..], b"abc");
+        assert!(join(b"", b"").is_empty());
+    }
+}
