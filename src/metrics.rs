@@ -83,6 +83,10 @@ pub struct Metrics {
     pub reloads: Family<ResultLabel, Counter>,
     pub config_version: Gauge,
     pub connections: Gauge,
+    /// Idle HTTP/1 connections parked now (`crate::park`); also counted in `connections`.
+    pub parked: Gauge,
+    /// Times an idle HTTP/1 connection's hyper connection was ended to park it.
+    pub parks: Counter,
     pub redis_errors: Counter,
     pub redis_fallback: Family<ModeLabel, Counter>,
     pub redis_up: Gauge,
@@ -113,6 +117,8 @@ impl Metrics {
             reloads: Family::default(),
             config_version: Gauge::default(),
             connections: Gauge::default(),
+            parked: Gauge::default(),
+            parks: Counter::default(),
             redis_errors: Counter::default(),
             redis_fallback: Family::default(),
             redis_up: Gauge::default(),
@@ -191,6 +197,16 @@ impl Metrics {
             "open_connections",
             "Client connections open now",
             m.connections.clone(),
+        );
+        r.register(
+            "parked_connections",
+            "Idle HTTP/1 client connections parked now (hyper's buffers freed); also open",
+            m.parked.clone(),
+        );
+        r.register(
+            "connection_parks",
+            "Times an idle HTTP/1 client connection was parked",
+            m.parks.clone(),
         );
         r.register(
             "redis_errors",

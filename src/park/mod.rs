@@ -162,9 +162,12 @@ async fn serve_http1(
     let tick = tokio::time::sleep(PARK_AFTER);
     tokio::pin!(tick);
     let mut draining = false;
+    // The first hyper connection starts at once: `serve_plain` saw bytes waiting.
+    let mut parked = false;
     loop {
-        if unparsed.is_empty() {
+        if parked && unparsed.is_empty() {
             // Parked: nothing but the socket, until it has bytes (or EOF) to read.
+            let _parked = Parked::new(&shared.metrics.parked);
             tick.as_mut().reset(activity.idle_since() + idle_timeout);
             let mut probe = [0u8; 1];
             tokio::select! {
@@ -197,13 +200,13 @@ async fn serve_http1(
                     // As hyper-util's watcher does: idle now means closed now; a request in
                     // flight finishes, with `connection: close` if its head is not sent yet.
                     draining = true;
-                    Pin::new(&mut *conn).graceful_shutdown();
+                    std::pin::Pin::new(&mut *conn).graceful_shutdown();
                 }
                 _ = &mut tick, if checking && !parking && !draining => {
                     match plan(activity.seen(first), Instant::now(), idle_timeout) {
                         Step::Park => {
                             parking = true;
-                            Pin::new(&mut *conn).graceful_shutdown();
+                            std::pin::Pin::new(&mut *conn).graceful_shutdown();
                         }
                         Step::Close => return,
                         Step::At(at) => tick.as_mut().reset(at),
@@ -230,7 +233,25 @@ async fn serve_http1(
             let _ = stream.shutdown().await;
             return;
         }
+        shared.metrics.parks.inc();
         unparsed = leftover;
+        parked = true;
+    }
+}
+
+/// Counts a connection in `levee_parked_connections` while it is parked.
+struct Parked<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> Parked<'a> {
+    fn new(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Parked(gauge)
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
