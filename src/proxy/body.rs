@@ -1,6 +1,7 @@
 //! Bodies as they flow through levee: streamed by default, buffered only when small enough to
 //! replay on a retry, and counted on the way out for the access log.
 
+use crate::upstream::client::UpstreamBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -95,6 +96,8 @@ pub trait OnComplete: Send + Sync + 'static {
 pub enum ResponseBodyError {
     #[error("upstream body: {0}")]
     Upstream(#[from] hyper::Error),
+    #[error("upstream body: {0}")]
+    Direct(#[from] crate::upstream::h1::H1Error),
     #[error("upstream sent no body data for {0:?}")]
     Stalled(std::time::Duration),
 }
@@ -110,7 +113,7 @@ pub struct ResponseBody {
 }
 
 enum ResponseInner {
-    Upstream(Incoming, Idle),
+    Upstream(UpstreamBody, Idle),
     Full(Option<Bytes>),
 }
 
@@ -134,7 +137,7 @@ impl ResponseBody {
 
     /// An upstream's body; if it sends nothing for `idle`, the body ends in an error (the client
     /// sees a truncated response, never a hang).
-    pub fn upstream(b: Incoming, idle: std::time::Duration) -> Self {
+    pub fn upstream(b: UpstreamBody, idle: std::time::Duration) -> Self {
         Self::new(ResponseInner::Upstream(
             b,
             Idle {
@@ -200,7 +203,7 @@ impl Body for ResponseBody {
             ResponseInner::Upstream(body, idle) => match Pin::new(body).poll_frame(cx) {
                 Poll::Ready(frame) => {
                     idle.armed = false;
-                    frame.map(|r| r.map_err(ResponseBodyError::from))
+                    frame
                 }
                 Poll::Pending => {
                     let deadline = tokio::time::Instant::now() + idle.limit;

@@ -2,7 +2,6 @@
 
 use super::body::RequestBody;
 use http::{Method, Request, Response};
-use hyper::body::Incoming;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -47,7 +46,7 @@ impl Call {
 
 /// An upstream's answer and the endpoint that gave it.
 pub struct Answer {
-    pub resp: Response<Incoming>,
+    pub resp: Response<crate::upstream::client::UpstreamBody>,
     pub endpoint: usize,
 }
 
