@@ -4,6 +4,7 @@
 use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::error::ProxyError;
 use crate::proxy::body::{RequestBody, RequestBodyError, ResponseBodyError};
+use crate::proxy::call::CallRequest;
 use crate::upstream::h1::{DirectBody, DirectClient};
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
@@ -84,17 +85,17 @@ impl UpstreamClient {
     /// Sends `req` to endpoint number `endpoint` at `authority`, keeping its path and query.
     pub async fn send(
         &self,
-        req: Request<RequestBody>,
+        req: CallRequest,
         endpoint: usize,
         authority: &Authority,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         match &self.direct {
             Some(direct) if DirectClient::accepts(&req) => Ok(direct
-                .send(req, endpoint, authority)
+                .send(&req, endpoint, authority)
                 .await?
                 .map(UpstreamBody::Direct)),
             _ => Ok(self
-                .send_hyper(req, authority)
+                .send_hyper(req.into_owned()?, authority)
                 .await?
                 .map(UpstreamBody::Hyper)),
         }
@@ -379,7 +380,7 @@ impl tower::Service<crate::proxy::call::Call> for ClientService {
                     retry_after: std::time::Duration::from_secs(1),
                 });
             };
-            let sent = upstream.client.send(*call.req, endpoint, &ep.authority);
+            let sent = upstream.client.send(call.req, endpoint, &ep.authority);
             let resp = tokio::time::timeout_at(call.deadline, sent)
                 .await
                 .map_err(|_| ProxyError::UpstreamTimeout)??;

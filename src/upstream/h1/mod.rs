@@ -95,7 +95,7 @@ impl DirectClient {
 
     pub async fn send(
         &self,
-        req: Request<RequestBody>,
+        req: &Request<RequestBody>,
         endpoint: usize,
         authority: &Authority,
     ) -> Result<Response<DirectBody>, ProxyError> {
@@ -108,7 +108,7 @@ impl DirectClient {
             RequestBody::Stream { .. } => None,
         };
         let mut wire = Vec::new();
-        request::encode(&req, body.as_ref(), &mut wire);
+        request::encode(req, body.as_ref(), &mut wire);
         let method = req.method();
         let (conn, head) = match pool.checkout(tokio::time::Instant::now()) {
             Some(conn) => match exchange(conn, &wire, method).await {
