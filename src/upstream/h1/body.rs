@@ -12,6 +12,7 @@ use std::task::{ready, Context, Poll};
 
 /// Read size for body data that was not already buffered with the head.
 const READ_SIZE: usize = 16 * 1024;
+const MAX_READ_SIZE: usize = 64 * 1024;
 
 pub struct DirectBody {
     state: State,
@@ -114,8 +115,16 @@ impl http_body::Body for DirectBody {
                 }
                 Framing::Length(_) | Framing::Close => {}
             }
-            if s.conn.buf.capacity() - s.conn.buf.len() < 1024 {
-                s.conn.buf.reserve(READ_SIZE);
+            // A body of known size is read in pieces of up to 64 KiB, one of unknown size in 16
+            // KiB pieces: fewer reads for large responses, no large buffer for small ones.
+            let want = match s.framing {
+                Framing::Length(left) => usize::try_from(left)
+                    .unwrap_or(MAX_READ_SIZE)
+                    .clamp(1024, MAX_READ_SIZE),
+                _ => READ_SIZE,
+            };
+            if s.conn.buf.capacity() - s.conn.buf.len() < want.min(READ_SIZE) {
+                s.conn.buf.reserve(want);
             }
             let read = ready!(tokio_util::io::poll_read_buf(
                 Pin::new(&mut s.conn.stream),
