@@ -98,6 +98,16 @@ pub fn copy_request(req: &Request<RequestBody>) -> Option<Request<RequestBody>> 
 pub struct Answer {
     pub resp: Response<crate::upstream::client::UpstreamBody>,
     pub endpoint: usize,
+    /// When the response head arrived: the one clock reading the layers share on the way out.
+    pub at: Instant,
+}
+
+/// When `result` arrived: the answer's own reading, or now for a failure.
+pub fn finished_at(result: &Result<Answer, crate::error::ProxyError>) -> Instant {
+    match result {
+        Ok(a) => a.at,
+        Err(_) => Instant::now(),
+    }
 }
 
 pub type CallFuture =

@@ -384,7 +384,11 @@ impl tower::Service<crate::proxy::call::Call> for ClientService {
             let resp = tokio::time::timeout_at(call.deadline, sent)
                 .await
                 .map_err(|_| ProxyError::UpstreamTimeout)??;
-            Ok(crate::proxy::call::Answer { resp, endpoint })
+            Ok(crate::proxy::call::Answer {
+                resp,
+                endpoint,
+                at: tokio::time::Instant::now(),
+            })
         })
     }
 }
