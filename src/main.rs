@@ -146,11 +146,27 @@ fn run_async(workers: Option<usize>, fut: impl std::future::Future<Output = Exit
             .build()
     };
     match runtime {
-        Ok(rt) => rt.block_on(fut),
+        Ok(rt) => {
+            rt.spawn(keep_timer_wheel_armed());
+            rt.block_on(fut)
+        }
         Err(e) => {
             eprintln!("levee: cannot start the runtime: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Keeps a timer due within a second at all times. tokio wakes its I/O driver through an eventfd
+/// (a system call, and one more return from epoll) whenever a timer is set earlier than every
+/// timer the driver saw when it went to sleep, which with no timer pending is every timer: the
+/// first request deadline after an idle moment, under load nearly once per request (strace).
+/// With this timer pending, request deadlines (seconds away) are never the earliest.
+async fn keep_timer_wheel_armed() {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
     }
 }
 

@@ -172,7 +172,7 @@ where
         let mut inner = self.inner.clone();
         Box::pin(async move {
             let breaker = &upstream.breaker;
-            let started = Instant::now();
+            let started = call.started;
             let ticket = breaker.admit(started)?;
             let mut guard = TicketGuard {
                 breaker,
@@ -183,7 +183,7 @@ where
             let Some(failed) = upstream.verdict(&result) else {
                 return result;
             };
-            let now = Instant::now();
+            let now = crate::proxy::call::finished_at(&result);
             // The upstream's latency as the breaker saw it (queueing for a slot included).
             upstream
                 .metrics

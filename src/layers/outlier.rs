@@ -10,7 +10,6 @@ use crate::upstream::Upstream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tokio::time::Instant;
 use tower::{Layer, Service};
 
 #[derive(Clone)]
@@ -68,7 +67,7 @@ where
                     ep.failures.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            upstream.judge_endpoint(endpoint, failed, Instant::now());
+            upstream.judge_endpoint(endpoint, failed, crate::proxy::call::finished_at(&result));
             result
         })
     }

@@ -15,7 +15,7 @@ use crate::config::RetryConfig;
 use crate::error::ProxyError;
 use crate::metrics::RouteMetrics;
 use crate::proxy::body::RequestBody;
-use crate::proxy::call::{Answer, Call, CallFuture, CallService};
+use crate::proxy::call::{Answer, Call, CallFuture, CallRequest, CallService};
 use backoff::Backoff;
 use budget::RetryBudget;
 use bytes::Bytes;
@@ -134,14 +134,17 @@ async fn make_replayable(req: &mut Request<RequestBody>, limit: u64) -> Result<(
     Ok(())
 }
 
-fn clone_request(req: &Request<RequestBody>) -> Option<Box<Request<RequestBody>>> {
-    let body = req.body().try_clone()?;
-    let mut r = Request::new(body);
-    *r.method_mut() = req.method().clone();
-    *r.uri_mut() = req.uri().clone();
-    *r.version_mut() = req.version();
-    *r.headers_mut() = req.headers().clone();
-    Some(Box::new(r))
+/// The request in a form every attempt can carry: shared when its body is buffered, else the
+/// one owned request for a single attempt (`None` as the spare).
+fn share(req: CallRequest) -> (CallRequest, Option<Arc<Request<RequestBody>>>) {
+    match req {
+        CallRequest::Owned(r) if r.body().try_clone().is_some() => {
+            let shared = Arc::new(*r);
+            (CallRequest::Shared(shared.clone()), Some(shared))
+        }
+        CallRequest::Shared(r) => (CallRequest::Shared(r.clone()), Some(r)),
+        owned => (owned, None),
+    }
 }
 
 impl<S> Service<Call> for RetryService<S>
@@ -166,23 +169,25 @@ where
             policy.budget.deposit(call.started);
             let idempotent = call.is_idempotent();
             if idempotent && policy.config.attempts > 1 {
-                make_replayable(&mut call.req, policy.config.max_retry_body).await?;
+                if let CallRequest::Owned(req) = &mut call.req {
+                    make_replayable(req, policy.config.max_retry_body).await?;
+                }
             }
             let overall = call.deadline;
             let picked = Arc::new(AtomicUsize::new(usize::MAX));
             let mut attempt = 1;
             loop {
-                let spare = if attempt < policy.config.attempts {
-                    clone_request(&call.req)
+                let (req, spare) = if attempt < policy.config.attempts {
+                    share(call.req)
                 } else {
-                    None
+                    (call.req, None)
                 };
                 let try_deadline = match policy.config.per_try_timeout {
                     Some(t) => overall.min(Instant::now() + t),
                     None => overall,
                 };
                 let next = Call {
-                    req: call.req,
+                    req,
                     client_ip: call.client_ip,
                     started: call.started,
                     deadline: try_deadline,
@@ -212,7 +217,7 @@ where
                 metrics.retries.inc();
                 attempt += 1;
                 call = Call {
-                    req,
+                    req: CallRequest::Shared(req),
                     client_ip: call.client_ip,
                     started: now + delay,
                     deadline: overall,

@@ -2,6 +2,7 @@
 //! replay on a retry, and counted on the way out for the access log.
 
 use crate::park::{Busy, ConnActivity};
+use crate::upstream::client::UpstreamBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -155,6 +156,8 @@ pub trait OnComplete: Send + Sync + 'static {
 pub enum ResponseBodyError {
     #[error("upstream body: {0}")]
     Upstream(#[from] hyper::Error),
+    #[error("upstream body: {0}")]
+    Direct(#[from] crate::upstream::h1::H1Error),
     #[error("upstream sent no body data for {0:?}")]
     Stalled(std::time::Duration),
 }
@@ -172,7 +175,7 @@ pub struct ResponseBody {
 }
 
 enum ResponseInner {
-    Upstream(Incoming, Idle),
+    Upstream(UpstreamBody, Idle),
     Full(Option<Bytes>),
 }
 
@@ -196,7 +199,7 @@ impl ResponseBody {
 
     /// An upstream's body; if it sends nothing for `idle`, the body ends in an error (the client
     /// sees a truncated response, never a hang).
-    pub fn upstream(b: Incoming, idle: std::time::Duration) -> Self {
+    pub fn upstream(b: UpstreamBody, idle: std::time::Duration) -> Self {
         Self::new(ResponseInner::Upstream(
             b,
             Idle {
@@ -269,7 +272,7 @@ impl Body for ResponseBody {
             ResponseInner::Upstream(body, idle) => match Pin::new(body).poll_frame(cx) {
                 Poll::Ready(frame) => {
                     idle.armed = false;
-                    frame.map(|r| r.map_err(ResponseBodyError::from))
+                    frame
                 }
                 Poll::Pending => {
                     let deadline = tokio::time::Instant::now() + idle.limit;

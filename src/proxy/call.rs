@@ -2,7 +2,6 @@
 
 use super::body::RequestBody;
 use http::{Method, Request, Response};
-use hyper::body::Incoming;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -12,8 +11,7 @@ use tokio::time::Instant;
 
 /// A request on its way upstream, with what the layers decide about it along the way.
 pub struct Call {
-    /// Boxed: a call moves through every layer, and a pointer is cheaper to move than a request.
-    pub req: Box<Request<RequestBody>>,
+    pub req: CallRequest,
     pub client_ip: IpAddr,
     /// When levee received the request: the clock reading the layers share, so a request reads
     /// the clock a few times rather than once per layer.
@@ -45,10 +43,71 @@ impl Call {
     }
 }
 
+/// The request of a call. Either way it is a pointer: a call moves through every layer, and a
+/// pointer is cheaper to move than a request.
+pub enum CallRequest {
+    Owned(Box<Request<RequestBody>>),
+    /// Shared by the attempts of a retried request, whose body is buffered: an attempt costs a
+    /// reference count, not a copy of the head.
+    Shared(Arc<Request<RequestBody>>),
+}
+
+impl CallRequest {
+    pub fn new(req: Request<RequestBody>) -> CallRequest {
+        CallRequest::Owned(Box::new(req))
+    }
+
+    /// The request to hand to a client that consumes it; a shared one is copied only while
+    /// another attempt still holds it.
+    pub fn into_owned(self) -> Result<Request<RequestBody>, crate::error::ProxyError> {
+        match self {
+            CallRequest::Owned(req) => Ok(*req),
+            CallRequest::Shared(req) => match Arc::try_unwrap(req) {
+                Ok(req) => Ok(req),
+                Err(req) => copy_request(&req).ok_or(crate::error::ProxyError::BadRequest(
+                    "request body cannot be sent twice",
+                )),
+            },
+        }
+    }
+}
+
+impl std::ops::Deref for CallRequest {
+    type Target = Request<RequestBody>;
+
+    fn deref(&self) -> &Request<RequestBody> {
+        match self {
+            CallRequest::Owned(req) => req,
+            CallRequest::Shared(req) => req,
+        }
+    }
+}
+
+/// A copy of `req` if its body can be replayed.
+pub fn copy_request(req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
+    let body = req.body().try_clone()?;
+    let mut r = Request::new(body);
+    *r.method_mut() = req.method().clone();
+    *r.uri_mut() = req.uri().clone();
+    *r.version_mut() = req.version();
+    *r.headers_mut() = req.headers().clone();
+    Some(r)
+}
+
 /// An upstream's answer and the endpoint that gave it.
 pub struct Answer {
-    pub resp: Response<Incoming>,
+    pub resp: Response<crate::upstream::client::UpstreamBody>,
     pub endpoint: usize,
+    /// When the response head arrived: the one clock reading the layers share on the way out.
+    pub at: Instant,
+}
+
+/// When `result` arrived: the answer's own reading, or now for a failure.
+pub fn finished_at(result: &Result<Answer, crate::error::ProxyError>) -> Instant {
+    match result {
+        Ok(a) => a.at,
+        Err(_) => Instant::now(),
+    }
 }
 
 pub type CallFuture =

@@ -246,7 +246,7 @@ async fn forward_to(
     }
 
     let call = Call {
-        req: Box::new(upstream_req),
+        req: super::call::CallRequest::new(upstream_req),
         client_ip,
         started,
         deadline: started + route.config.timeout,

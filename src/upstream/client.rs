@@ -3,9 +3,13 @@
 
 use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::error::ProxyError;
-use crate::proxy::body::{RequestBody, RequestBodyError};
+use crate::proxy::body::{RequestBody, RequestBodyError, ResponseBodyError};
+use crate::proxy::call::CallRequest;
+use crate::upstream::h1::{DirectBody, DirectClient};
+use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{Method, Request, Response, Uri, Version};
+use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
@@ -23,6 +27,8 @@ type Connector = TrackingConnector<HttpsConnector<HttpConnector>>;
 #[derive(Clone)]
 pub struct UpstreamClient {
     client: Client<Connector, RequestBody>,
+    /// For plain-TCP HTTP/1.1 upstreams: levee's own client for bodiless and buffered requests.
+    direct: Option<Arc<DirectClient>>,
     scheme: Scheme,
     version: Version,
 }
@@ -59,8 +65,11 @@ impl UpstreamClient {
         if config.protocol == UpstreamProtocol::H2 {
             b.http2_only(true);
         }
+        let direct = (config.protocol == UpstreamProtocol::Http1 && config.tls.is_none())
+            .then(|| Arc::new(DirectClient::new(config)));
         Ok(UpstreamClient {
             client: b.build(TrackingConnector(connector)),
+            direct,
             scheme: if config.tls.is_some() {
                 Scheme::HTTPS
             } else {
@@ -73,8 +82,33 @@ impl UpstreamClient {
         })
     }
 
-    /// Sends `req` to `authority`, keeping its path and query.
+    /// Sends `req` to endpoint number `endpoint` at `authority`, keeping its path and query.
     pub async fn send(
+        &self,
+        req: CallRequest,
+        endpoint: usize,
+        authority: &Authority,
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
+        match &self.direct {
+            Some(direct) if DirectClient::accepts(&req) => Ok(direct
+                .send(&req, endpoint, authority)
+                .await?
+                .map(UpstreamBody::Direct)),
+            _ => Ok(self
+                .send_hyper(req.into_owned()?, authority)
+                .await?
+                .map(UpstreamBody::Hyper)),
+        }
+    }
+
+    /// Connections idle in the direct client's pool for `endpoint` (0 on hyper's path).
+    pub fn idle_connections(&self, endpoint: usize) -> usize {
+        self.direct
+            .as_ref()
+            .map_or(0, |d| d.idle_connections(endpoint))
+    }
+
+    async fn send_hyper(
         &self,
         mut req: Request<RequestBody>,
         authority: &Authority,
@@ -346,11 +380,54 @@ impl tower::Service<crate::proxy::call::Call> for ClientService {
                     retry_after: std::time::Duration::from_secs(1),
                 });
             };
-            let sent = upstream.client.send(*call.req, &ep.authority);
+            let sent = upstream.client.send(call.req, endpoint, &ep.authority);
             let resp = tokio::time::timeout_at(call.deadline, sent)
                 .await
                 .map_err(|_| ProxyError::UpstreamTimeout)??;
-            Ok(crate::proxy::call::Answer { resp, endpoint })
+            Ok(crate::proxy::call::Answer {
+                resp,
+                endpoint,
+                at: tokio::time::Instant::now(),
+            })
         })
+    }
+}
+
+/// A response body from either client.
+pub enum UpstreamBody {
+    Hyper(Incoming),
+    Direct(DirectBody),
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = ResponseBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
+        match self.get_mut() {
+            UpstreamBody::Hyper(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(ResponseBodyError::from))),
+            UpstreamBody::Direct(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(ResponseBodyError::from))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Hyper(b) => b.is_end_stream(),
+            UpstreamBody::Direct(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Hyper(b) => b.size_hint(),
+            UpstreamBody::Direct(b) => b.size_hint(),
+        }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod balance;
 pub mod client;
+pub mod h1;
 pub mod health;
 
 use crate::config::UpstreamConfig;

@@ -14,3 +14,4 @@ mod lifecycle;
 mod observability;
 mod resilience;
 mod tls;
+mod upstream_h1;

@@ -2,6 +2,8 @@
 //! framing, stalled request lines, upgrades. Every read is bounded so a hung peer fails the test.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -205,15 +207,25 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// `response` verbatim. For responses no in-process hyper origin would produce.
 pub struct RawOrigin {
     pub addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl RawOrigin {
     pub async fn start(response: &'static [u8]) -> RawOrigin {
+        Self::start_with(response, false).await
+    }
+
+    /// Like `start`; with `close_after`, the connection is closed after each response (for
+    /// bodies delimited by the end of the connection).
+    pub async fn start_with(response: &'static [u8], close_after: bool) -> RawOrigin {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let count = connections.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
@@ -221,6 +233,10 @@ impl RawOrigin {
                         if let Some(i) = find(&buf, b"\r\n\r\n") {
                             buf.drain(..i + 4);
                             if stream.write_all(response).await.is_err() {
+                                return;
+                            }
+                            if close_after {
+                                let _ = stream.shutdown().await;
                                 return;
                             }
                             continue;
@@ -233,7 +249,16 @@ impl RawOrigin {
                 });
             }
         });
-        RawOrigin { addr, task }
+        RawOrigin {
+            addr,
+            connections,
+            task,
+        }
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 }
 
