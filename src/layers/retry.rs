@@ -170,7 +170,13 @@ where
             let idempotent = call.is_idempotent();
             if idempotent && policy.config.attempts > 1 {
                 if let CallRequest::Owned(req) = &mut call.req {
-                    make_replayable(req, policy.config.max_retry_body).await?;
+                    if !http_body::Body::is_end_stream(req.body()) {
+                        // Boxed: most requests have no body, and inline this future's state
+                        // would size every retried request's future.
+                        Box::pin(make_replayable(req, policy.config.max_retry_body)).await?;
+                    } else if matches!(req.body(), RequestBody::Stream { .. }) {
+                        *req.body_mut() = RequestBody::empty();
+                    }
                 }
             }
             let overall = call.deadline;
@@ -213,7 +219,8 @@ where
                 let failed_on = Some(picked.load(Ordering::Relaxed)).filter(|i| *i != usize::MAX);
                 // Release the failed response (and its connection) before waiting.
                 drop(result);
-                tokio::time::sleep(delay).await;
+                // Boxed for the same reason: only a retry pays for a timer's state.
+                Box::pin(tokio::time::sleep(delay)).await;
                 metrics.retries.inc();
                 attempt += 1;
                 call = Call {
