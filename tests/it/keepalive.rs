@@ -371,3 +371,27 @@ async fn drain_closes_parked_connections_promptly() {
         .unwrap();
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// HTTP/2 prior knowledge is recognised even when its preface arrives in pieces, and an HTTP/1
+/// request that starts like it (`P…`) is still HTTP/1.
+#[tokio::test]
+async fn a_split_http2_preface_is_still_http2() {
+    let origin = Origin::new().body("ok").start().await;
+    let proxy = TestProxy::start(&simple_config(&[origin.addr], "", "")).await;
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send("PRI * HTTP/2.0\r\n").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.send("\r\nSM\r\n\r\n").await;
+    // An empty SETTINGS frame; the server's first frame must be its own SETTINGS.
+    c.send([0u8, 0, 0, 4, 0, 0, 0, 0, 0]).await;
+    let frame = c.read_exact(9).await;
+    assert_eq!(frame[3], 4, "first frame type {frame:?}");
+
+    let mut h1 = RawConn::connect(proxy.addr).await;
+    h1.send("P").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    h1.send("UT /p HTTP/1.1\r\nHost: app.example\r\nContent-Length: 0\r\n\r\n")
+        .await;
+    let r = h1.read_response().await.expect("a response");
+    assert_eq!(r.status, 200, "{r:?}");
+}
