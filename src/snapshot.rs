@@ -23,7 +23,8 @@ pub struct Route {
     pub upstream: Arc<Upstream>,
     pub limiter: Option<Arc<RouteLimiter>>,
     pub retry: Option<Arc<RetryPolicy>>,
-    pub metrics: RouteMetrics,
+    /// Shared with the route's layers: cloning it is one reference count, not nine.
+    pub metrics: Arc<RouteMetrics>,
     /// Requests and 429s of the last minute, per second; kept across reloads by route name.
     pub history: Arc<History>,
     pub stack: RouteStack,
@@ -132,7 +133,7 @@ impl Snapshot {
                     .filter(|or| or.config == *c)
                     .unwrap_or_else(|| Arc::new(RetryPolicy::new(c)))
             });
-            let route_metrics = RouteMetrics::new(metrics, &r.name, &r.upstream);
+            let route_metrics = Arc::new(RouteMetrics::new(metrics, &r.name, &r.upstream));
             let stack = stack::build(
                 &upstream,
                 r.timeout,

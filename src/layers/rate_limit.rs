@@ -226,11 +226,11 @@ fn ceil_secs(d: Duration) -> u64 {
 #[derive(Clone)]
 pub struct RateLimitLayer {
     limiter: Option<Arc<RouteLimiter>>,
-    metrics: RouteMetrics,
+    metrics: Arc<RouteMetrics>,
 }
 
 impl RateLimitLayer {
-    pub fn new(limiter: Option<Arc<RouteLimiter>>, metrics: RouteMetrics) -> Self {
+    pub fn new(limiter: Option<Arc<RouteLimiter>>, metrics: Arc<RouteMetrics>) -> Self {
         RateLimitLayer { limiter, metrics }
     }
 }
@@ -249,7 +249,7 @@ impl<S> Layer<S> for RateLimitLayer {
 #[derive(Clone)]
 pub struct RateLimitService<S> {
     limiter: Option<Arc<RouteLimiter>>,
-    metrics: RouteMetrics,
+    metrics: Arc<RouteMetrics>,
     inner: S,
 }
 

@@ -80,11 +80,11 @@ impl RetryPolicy {
 #[derive(Clone)]
 pub struct RetryLayer {
     policy: Option<Arc<RetryPolicy>>,
-    metrics: RouteMetrics,
+    metrics: Arc<RouteMetrics>,
 }
 
 impl RetryLayer {
-    pub fn new(policy: Option<Arc<RetryPolicy>>, metrics: RouteMetrics) -> Self {
+    pub fn new(policy: Option<Arc<RetryPolicy>>, metrics: Arc<RouteMetrics>) -> Self {
         RetryLayer { policy, metrics }
     }
 }
@@ -103,7 +103,7 @@ impl<S> Layer<S> for RetryLayer {
 #[derive(Clone)]
 pub struct RetryService<S> {
     policy: Option<Arc<RetryPolicy>>,
-    metrics: RouteMetrics,
+    metrics: Arc<RouteMetrics>,
     inner: S,
 }
 

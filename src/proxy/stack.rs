@@ -39,7 +39,7 @@ pub fn build(
     timeout: Duration,
     limiter: Option<&Arc<RouteLimiter>>,
     retry: Option<&Arc<RetryPolicy>>,
-    metrics: &RouteMetrics,
+    metrics: &Arc<RouteMetrics>,
 ) -> RouteStack {
     ServiceBuilder::new()
         .layer(TimeoutLayer::new(timeout))
