@@ -44,7 +44,6 @@ pub async fn handle(
         .activity
         .as_ref()
         .map(|a| a.begin(forward::wants_close(req.version(), req.headers())));
-    let req = req.map(|body| ClientBody::new(body, conn.activity.as_ref()));
     // A guard, not inc/dec: the future is dropped mid-way when the client goes away.
     let in_flight = InFlight::new(&shared.metrics.in_flight);
     let snapshot = shared.snapshot.load_full();
@@ -55,7 +54,31 @@ pub async fn handle(
     } else {
         String::new()
     };
-    let (resp, route, endpoint, host) = proxy(&snapshot, &conn, req, started, log).await;
+    // Everything before the upstream call is synchronous and consumes the request, so this
+    // future holds a `Call` across its one wait instead of copies of the request at every
+    // level (it was 3 KB, written afresh for every request).
+    let routed = proxy(
+        &snapshot,
+        &conn,
+        req.map(|body| ClientBody::new(body, conn.activity.as_ref())),
+        started,
+        log,
+    );
+    let (resp, route, endpoint, host) = match routed {
+        Routed::Done(outcome) => outcome,
+        Routed::Call {
+            route,
+            call,
+            upgrade,
+            host,
+        } => match route.stack.clone().oneshot(call).await {
+            Ok(answer) => match respond(route, answer, upgrade) {
+                Ok((resp, endpoint)) => (Ok(resp), Some(route), Some(endpoint), host),
+                Err(e) => (Err(e), Some(route), None, host),
+            },
+            Err(e) => (Err(e), Some(route), None, host),
+        },
+    };
     drop(in_flight);
 
     let (mut resp, error_kind) = match resp {
@@ -132,16 +155,27 @@ type Outcome<'a> = (
     Option<String>,
 );
 
-async fn proxy<'a>(
+/// Where a request goes: answered already (refused, no route), or a call for a route's stack.
+enum Routed<'a> {
+    Done(Outcome<'a>),
+    Call {
+        route: &'a Route,
+        call: Call,
+        upgrade: Option<ClientUpgrade>,
+        host: Option<String>,
+    },
+}
+
+fn proxy<'a>(
     snapshot: &'a crate::snapshot::Snapshot,
     conn: &ConnContext,
     req: Request<ClientBody>,
     started: Instant,
     log: bool,
-) -> Outcome<'a> {
+) -> Routed<'a> {
     let settings = &conn.listener.config;
     if req.method() == Method::CONNECT {
-        return (Err(ProxyError::MethodNotAllowed), None, None, None);
+        return Routed::Done((Err(ProxyError::MethodNotAllowed), None, None, None));
     }
     let header_bytes: usize = req
         .headers()
@@ -149,7 +183,7 @@ async fn proxy<'a>(
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum();
     if header_bytes > settings.max_header_bytes {
-        return (Err(ProxyError::HeadersTooLarge), None, None, None);
+        return Routed::Done((Err(ProxyError::HeadersTooLarge), None, None, None));
     }
     // The host as the client sent it: the authority of an absolute-form (or HTTP/2) target wins
     // over the Host header, as RFC 9112 §3.2.2 requires.
@@ -163,21 +197,21 @@ async fn proxy<'a>(
     {
         Some(Some(h)) => h,
         Some(None) => {
-            return (
+            return Routed::Done((
                 Err(ProxyError::BadRequest("malformed Host header")),
                 None,
                 None,
                 None,
-            )
+            ))
         }
         None if req.version() == Version::HTTP_10 => Cow::Borrowed(""),
         None => {
-            return (
+            return Routed::Done((
                 Err(ProxyError::BadRequest("missing Host header")),
                 None,
                 None,
                 None,
-            )
+            ))
         }
     };
     let Some(route) = snapshot
@@ -185,29 +219,36 @@ async fn proxy<'a>(
         .find(&host, req.uri().path())
         .and_then(|i| snapshot.routes.get(i))
     else {
-        return (
+        return Routed::Done((
             Err(ProxyError::NoRoute),
             None,
             None,
             Some(host.into_owned()),
-        );
+        ));
     };
     // Kept only for the access log: no allocation per request when it is off.
     let host = log.then(|| host.into_owned());
     let raw_host = raw_host.unwrap_or(HeaderValue::from_static(""));
-    match forward_to(route, conn, req, &raw_host, started).await {
-        Ok((resp, endpoint)) => (Ok(resp), Some(route), Some(endpoint), host),
-        Err(e) => (Err(e), Some(route), None, host),
+    match prepare(route, conn, req, &raw_host, started) {
+        Ok((call, upgrade)) => Routed::Call {
+            route,
+            call,
+            upgrade,
+            host,
+        },
+        Err(e) => Routed::Done((Err(e), Some(route), None, host)),
     }
 }
 
-async fn forward_to(
+/// The call for `route`'s stack: the request checked against the route's limits, its headers
+/// rewritten for the upstream, and the client side of an upgrade if it asks for one.
+fn prepare(
     route: &Route,
     conn: &ConnContext,
     mut req: Request<ClientBody>,
     raw_host: &HeaderValue,
     started: Instant,
-) -> Result<(Response<ResponseBody>, usize), ProxyError> {
+) -> Result<(Call, Option<ClientUpgrade>), ProxyError> {
     let settings = &conn.listener.config;
     let max_body = route.config.max_body;
     if let Some(max) = max_body {
@@ -254,7 +295,15 @@ async fn forward_to(
         avoid: None,
         picked: None,
     };
-    let answer = route.stack.clone().oneshot(call).await?;
+    Ok((call, client_upgrade))
+}
+
+/// The client's response from the upstream's answer; a 101 starts the tunnel.
+fn respond(
+    route: &Route,
+    answer: crate::proxy::call::Answer,
+    client_upgrade: Option<ClientUpgrade>,
+) -> Result<(Response<ResponseBody>, usize), ProxyError> {
     let endpoint = answer.endpoint;
     let mut resp = answer.resp;
 
@@ -322,4 +371,25 @@ where
 {
     let mut upstream = TokioIo::new(upstream);
     let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn future_size<F: std::future::Future>(
+        _: impl FnOnce(Arc<Shared>, Arc<ConnContext>, Request<Incoming>) -> F,
+    ) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// hyper writes this future afresh for every request, and HTTP/2 spawns a task of it per
+    /// stream: its size is per-request memory traffic. The request must not be held across the
+    /// upstream wait at several levels (it was 2992 bytes before `proxy` became synchronous).
+    #[test]
+    fn the_request_future_stays_small() {
+        let size = future_size(handle);
+        // 1200 bytes in a release build, about the same in debug, when this was written.
+        assert!(size <= 1536, "the request future is {size} bytes");
+    }
 }
