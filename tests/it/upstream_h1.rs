@@ -162,3 +162,18 @@ async fn buffered_bodies_go_out_with_their_length() {
     assert_eq!(seen.headers.get("content-length").unwrap(), "10");
     assert!(seen.headers.get("transfer-encoding").is_none());
 }
+
+#[tokio::test]
+async fn an_http10_request_without_host_reaches_the_upstream_with_one() {
+    let origin = Origin::new().body("ok").start().await;
+    let proxy = proxy_to(origin.addr).await;
+    let mut c = crate::support::raw::RawConn::connect(proxy.addr).await;
+    c.send("GET /old HTTP/1.0\r\n\r\n").await;
+    let r = c.read_response().await.expect("a response");
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = origin.last().unwrap();
+    assert_eq!(
+        seen.headers.get("host").unwrap().to_str().unwrap(),
+        origin.addr.to_string()
+    );
+}

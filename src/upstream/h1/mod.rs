@@ -108,7 +108,7 @@ impl DirectClient {
             RequestBody::Stream { .. } => None,
         };
         let mut wire = Vec::new();
-        request::encode(req, body.as_ref(), &mut wire);
+        request::encode(req, body.as_ref(), authority.as_str(), &mut wire);
         let method = req.method();
         let (conn, head) = match pool.checkout(tokio::time::Instant::now()) {
             Some(conn) => match exchange(conn, &wire, method).await {
