@@ -42,6 +42,8 @@ pub fn render(shared: &Shared) -> Value {
                         "ejected_until": ejected_for.map(|d| unix(wall + d)),
                         "times_ejected": o.times_ejected,
                         "in_flight": e.in_flight.load(Ordering::Relaxed),
+                        // Keep-alive connections pooled by levee's own HTTP/1 client.
+                        "idle_connections": u.client.idle_connections(i),
                         "requests": e.requests.load(Ordering::Relaxed),
                         "failures": e.failures.load(Ordering::Relaxed),
                         "recent_requests": o.requests,

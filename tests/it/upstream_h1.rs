@@ -22,6 +22,13 @@ async fn sequential_requests_share_one_upstream_connection() {
         assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "pooled"));
     }
     assert_eq!(origin.connections(), 1);
+    let status: serde_json::Value =
+        serde_json::from_str(&crate::support::scrape::get_text(&proxy.admin_url("/status")).await)
+            .unwrap();
+    assert_eq!(
+        status["upstreams"][0]["endpoints"][0]["idle_connections"], 1,
+        "{status}"
+    );
 }
 
 #[tokio::test]
