@@ -48,6 +48,10 @@ pub enum ProxyError {
     UpstreamConnect(BoxError),
     #[error("upstream connection reset: {0}")]
     UpstreamReset(BoxError),
+    /// The upstream answered, but beyond the limits levee is configured to accept (response
+    /// head size, header count): a deployment mismatch, not a sick upstream.
+    #[error("upstream response refused: {0}")]
+    UpstreamProtocol(BoxError),
     #[error("upstream timed out")]
     UpstreamTimeout,
 }
@@ -66,6 +70,7 @@ impl ProxyError {
             ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamConnect(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamReset(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -84,6 +89,7 @@ impl ProxyError {
             ProxyError::Overloaded => "overloaded",
             ProxyError::UpstreamConnect(_) => "upstream_connect",
             ProxyError::UpstreamReset(_) => "upstream_reset",
+            ProxyError::UpstreamProtocol(_) => "upstream_protocol",
             ProxyError::UpstreamTimeout => "upstream_timeout",
         }
     }
@@ -101,13 +107,16 @@ impl ProxyError {
             | ProxyError::Overloaded => Side::Protective,
             ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamReset(_)
+            | ProxyError::UpstreamProtocol(_)
             | ProxyError::UpstreamTimeout => Side::Upstream,
         }
     }
 
     /// Whether the upstream's health should be charged with this failure (breaker, ejection).
+    /// A response beyond levee's header limits is not: the upstream is healthy, and ejecting or
+    /// tripping on it would turn one oversized answer into an outage.
     pub fn is_upstream_failure(&self) -> bool {
-        self.side() == Side::Upstream
+        self.side() == Side::Upstream && !matches!(self, ProxyError::UpstreamProtocol(_))
     }
 
     /// Whether another try could succeed without the first having had side effects upstream.
@@ -126,7 +135,8 @@ impl ProxyError {
             | ProxyError::HeadersTooLarge
             | ProxyError::BodyTooLarge
             | ProxyError::RateLimited { .. }
-            | ProxyError::CircuitOpen { .. } => false,
+            | ProxyError::CircuitOpen { .. }
+            | ProxyError::UpstreamProtocol(_) => false,
         }
     }
 

@@ -126,6 +126,8 @@ pub struct RouteConfig {
     pub max_body: Option<u64>,
     pub retry: Option<RetryConfig>,
     pub rate_limit: Option<RateLimitConfig>,
+    /// A WebSocket tunnel with no bytes either way for this long is closed.
+    pub tunnel_idle_timeout: Duration,
 }
 
 /// Which failures a retry may follow.
@@ -263,6 +265,10 @@ pub struct UpstreamConfig {
     pub breaker: BreakerConfig,
     pub outlier: OutlierSettings,
     pub health_check: Option<HealthCheckConfig>,
+    /// The largest response head accepted from an endpoint; beyond it: 502 `upstream_protocol`.
+    pub max_response_header_bytes: usize,
+    /// The most header fields a response may carry; beyond it: 502 `upstream_protocol`.
+    pub max_response_headers: usize,
 }
 
 /// The breaker's state-machine settings plus the limits and failure definition around it.

@@ -67,6 +67,7 @@ pub struct RawRoute {
     pub max_body: Option<Size>,
     pub retry: Option<Spanned<RawRetry>>,
     pub rate_limit: Option<Spanned<RawRateLimit>>,
+    pub tunnel_idle_timeout: Option<Spanned<Dur>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,6 +130,8 @@ pub struct RawUpstream {
     pub circuit_breaker: Option<Spanned<RawBreaker>>,
     pub outlier_detection: Option<Spanned<RawOutlier>>,
     pub health_check: Option<Spanned<RawHealthCheck>>,
+    pub max_response_header_bytes: Option<Spanned<Size>>,
+    pub max_response_headers: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Deserialize)]

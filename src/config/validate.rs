@@ -266,6 +266,17 @@ fn route(
             "/".to_string()
         }
     };
+    let tunnel_idle_timeout = match &raw.tunnel_idle_timeout {
+        None => Duration::from_secs(3600),
+        Some(t) if t.get_ref().0.is_zero() => {
+            d.at(
+                t.span(),
+                r#"tunnel_idle_timeout must be longer than zero: write a duration like "1h" or "5m""#,
+            );
+            Duration::from_secs(3600)
+        }
+        Some(t) => t.get_ref().0,
+    };
     let retry = raw.retry.map(|r| retry(r.into_inner(), d));
     let rate_limit = raw
         .rate_limit
@@ -279,6 +290,7 @@ fn route(
         max_body: raw.max_body.map(|s| s.0),
         retry,
         rate_limit,
+        tunnel_idle_timeout,
     })
 }
 
@@ -540,6 +552,34 @@ fn upstream(raw: RawUpstream, base_dir: &Path, d: &mut Diagnostics) -> Option<Up
             unhealthy_threshold: h.unhealthy_threshold.unwrap_or(3).max(1),
         }
     });
+    let max_response_header_bytes = match &raw.max_response_header_bytes {
+        None => 64 * 1024,
+        Some(s) if (1024..=16 * 1024 * 1024).contains(&s.get_ref().0) => s.get_ref().0 as usize,
+        Some(s) => {
+            d.at(
+                s.span(),
+                format!(
+                    r#"max_response_header_bytes = {} is out of range: 1KiB..=16MiB, like "64KiB""#,
+                    s.get_ref().0
+                ),
+            );
+            64 * 1024
+        }
+    };
+    let max_response_headers = match &raw.max_response_headers {
+        None => 200,
+        Some(n) if (1..=10_000).contains(n.get_ref()) => *n.get_ref(),
+        Some(n) => {
+            d.at(
+                n.span(),
+                format!(
+                    "max_response_headers = {} is out of range: header fields per response, 1..=10000",
+                    n.get_ref()
+                ),
+            );
+            200
+        }
+    };
     Some(UpstreamConfig {
         name,
         endpoints,
@@ -558,6 +598,8 @@ fn upstream(raw: RawUpstream, base_dir: &Path, d: &mut Diagnostics) -> Option<Up
         breaker,
         outlier,
         health_check,
+        max_response_header_bytes,
+        max_response_headers,
     })
 }
 

@@ -23,10 +23,16 @@ pub enum RequestBodyError {
 /// The client's request body as hyper delivers it. On a parkable connection it holds the
 /// connection busy until it has been read to its end; dropped before that, it forbids parking,
 /// since hyper may then stop reading the connection half-way through the body.
+///
+/// An HTTP/2 body dropped before its END_STREAM is drained in the background instead (see
+/// [`drain_h2`]): dropping it would make hyper reset the stream.
 #[derive(Debug)]
 pub struct ClientBody {
-    body: Incoming,
+    /// Always `Some` until dropped; taken only by `Drop` to drain an HTTP/2 stream.
+    body: Option<Incoming>,
     busy: Option<Busy>,
+    /// The body is an HTTP/2 stream's: read it to its end before letting it go.
+    h2: bool,
 }
 
 impl ClientBody {
@@ -35,7 +41,17 @@ impl ClientBody {
             Some(a) if !body.is_end_stream() => Some(a.hold()),
             _ => None,
         };
-        ClientBody { body, busy }
+        ClientBody {
+            body: Some(body),
+            busy,
+            h2: false,
+        }
+    }
+
+    /// Marks the body as an HTTP/2 request stream's, drained to END_STREAM when dropped early.
+    pub fn http2(mut self) -> Self {
+        self.h2 = true;
+        self
     }
 
     fn ended(&mut self) {
@@ -45,12 +61,49 @@ impl ClientBody {
 
 impl Drop for ClientBody {
     fn drop(&mut self) {
+        let unfinished = self.body.as_ref().is_some_and(|b| !b.is_end_stream());
         if let Some(busy) = self.busy.take() {
-            if !self.body.is_end_stream() {
+            if unfinished {
                 busy.forbid_parking();
             }
         }
+        if self.h2 && unfinished {
+            if let Some(body) = self.body.take() {
+                drain_h2(body);
+            }
+        }
     }
+}
+
+/// The most an abandoned HTTP/2 request body is read for, and how much of it, before the stream
+/// is let go (and reset by hyper) anyway.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const DRAIN_BYTES: u64 = 1024 * 1024;
+
+/// Reads and discards the rest of an HTTP/2 request body until END_STREAM, the client's reset,
+/// or the bounds above. Without it, a body dropped once its `content-length` was satisfied (or
+/// because levee answered early) makes hyper send RST_STREAM before the client's END_STREAM:
+/// RFC 9113 §8.1 allows that, but clients that end a body with a separate empty DATA frame
+/// (httpx among them) fail the request when they see it. Reading also returns flow-control
+/// credit, so the client can finish sending.
+fn drain_h2(mut body: Incoming) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let mut read = 0u64;
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while read <= DRAIN_BYTES {
+                match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+                    Some(Ok(frame)) => {
+                        read += frame.data_ref().map_or(0, |d| d.len() as u64);
+                    }
+                    Some(Err(_)) | None => return,
+                }
+            }
+        });
+        let _ = drained.await;
+    });
 }
 
 impl Body for ClientBody {
@@ -62,19 +115,25 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        let frame = ready!(Pin::new(&mut this.body).poll_frame(cx));
-        if this.busy.is_some() && (frame.is_none() || this.body.is_end_stream()) {
+        let Some(body) = this.body.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = ready!(Pin::new(&mut *body).poll_frame(cx));
+        let ended = frame.is_none() || body.is_end_stream();
+        if this.busy.is_some() && ended {
             this.ended();
         }
         Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.body.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        self.body
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
     }
 }
 

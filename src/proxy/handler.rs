@@ -57,10 +57,18 @@ pub async fn handle(
     // Everything before the upstream call is synchronous and consumes the request, so this
     // future holds a `Call` across its one wait instead of copies of the request at every
     // level (it was 3 KB, written afresh for every request).
+    let h2 = req.version() == Version::HTTP_2;
     let routed = proxy(
         &snapshot,
         &conn,
-        req.map(|body| ClientBody::new(body, conn.activity.as_ref())),
+        req.map(|body| {
+            let body = ClientBody::new(body, conn.activity.as_ref());
+            if h2 {
+                body.http2()
+            } else {
+                body
+            }
+        }),
         started,
         log,
     );
@@ -314,11 +322,14 @@ fn respond(
             ));
         };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let idle = route.config.tunnel_idle_timeout;
         match client_upgrade {
             ClientUpgrade::Hyper(client_upgrade) => {
                 tokio::spawn(async move {
                     match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                        Ok((client, upstream)) => tunnel(TokioIo::new(client), upstream).await,
+                        Ok((client, upstream)) => {
+                            tunnel(TokioIo::new(client), upstream, idle).await
+                        }
                         Err(e) => tracing::debug!(error = %e, "upgrade failed"),
                     }
                 });
@@ -330,7 +341,8 @@ fn respond(
                 tokio::spawn(async move {
                     match tokio::join!(rx, upstream_upgrade) {
                         (Ok(client), Ok(upstream)) => {
-                            tunnel(Rewind::new(client.stream, client.leftover), upstream).await
+                            let client = Rewind::new(client.stream, client.leftover);
+                            tunnel(client, upstream, idle).await
                         }
                         (Err(_), _) => {
                             tracing::debug!("upgrade failed: the client connection ended first")
@@ -346,6 +358,11 @@ fn respond(
 
     let (mut parts, body) = resp.into_parts();
     forward::strip_hop_by_hop(&mut parts.headers, false);
+    // hyper writes the status line with the response's version and, for HTTP/1.0, ends the
+    // connection after it. The upstream's version describes the upstream hop only: the client
+    // gets levee's HTTP/1.1, with a close-delimited body re-framed as chunked and keep-alive
+    // kept (hyper still answers an HTTP/1.0 client in HTTP/1.0).
+    parts.version = Version::HTTP_11;
     Ok((
         Response::from_parts(
             parts,
@@ -364,13 +381,18 @@ enum ClientUpgrade {
     Parkable(Arc<ConnActivity>),
 }
 
-/// Copies bytes both ways between an upgraded client and upstream until both sides are done.
-async fn tunnel<C>(mut client: C, upstream: hyper::upgrade::Upgraded)
+/// Copies bytes both ways between an upgraded client and upstream until both sides are done,
+/// or until the tunnel has been silent both ways for `idle` (the route's `tunnel_idle_timeout`).
+async fn tunnel<C>(client: C, upstream: hyper::upgrade::Upgraded, idle: std::time::Duration)
 where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let mut upstream = TokioIo::new(upstream);
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    let upstream = TokioIo::new(upstream);
+    if super::tunnel::copy_until_idle(client, upstream, idle).await
+        == super::tunnel::TunnelEnd::Idle
+    {
+        tracing::debug!(?idle, "tunnel idle both ways for tunnel_idle_timeout; closed");
+    }
 }
 
 #[cfg(test)]

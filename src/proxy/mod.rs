@@ -7,3 +7,4 @@ pub mod forward;
 pub mod handler;
 pub mod route;
 pub mod stack;
+pub mod tunnel;

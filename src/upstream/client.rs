@@ -31,6 +31,15 @@ pub struct UpstreamClient {
     direct: Option<Arc<DirectClient>>,
     scheme: Scheme,
     version: Version,
+    limits: HeadLimits,
+}
+
+/// `max_response_header_bytes` and `max_response_headers`, checked on responses that came
+/// through hyper's client (whose own limits are set from them but measure a little differently).
+#[derive(Clone, Copy)]
+struct HeadLimits {
+    bytes: usize,
+    fields: usize,
 }
 
 impl UpstreamClient {
@@ -65,6 +74,17 @@ impl UpstreamClient {
         if config.protocol == UpstreamProtocol::H2 {
             b.http2_only(true);
         }
+        // Response head limits. hyper's HTTP/1 client counts fields itself and refuses a head
+        // that outgrows its read buffer (at least 8 KiB); HTTP/2 advertises a header list size.
+        // That one is advertised at 4x the limit so that a response somewhat over it still
+        // arrives whole and is refused by `check_head` as `upstream_protocol`, which h2 cannot
+        // tell apart from a garbled response when it resets the stream itself.
+        b.http1_max_headers(config.max_response_headers)
+            .http1_max_buf_size(config.max_response_header_bytes.max(8 * 1024))
+            .http2_max_header_list_size(
+                u32::try_from(config.max_response_header_bytes.saturating_mul(4))
+                    .unwrap_or(u32::MAX),
+            );
         let direct = (config.protocol == UpstreamProtocol::Http1 && config.tls.is_none())
             .then(|| Arc::new(DirectClient::new(config)));
         Ok(UpstreamClient {
@@ -78,6 +98,10 @@ impl UpstreamClient {
             version: match config.protocol {
                 UpstreamProtocol::Http1 => Version::HTTP_11,
                 UpstreamProtocol::H2 => Version::HTTP_2,
+            },
+            limits: HeadLimits {
+                bytes: config.max_response_header_bytes,
+                fields: config.max_response_headers,
             },
         })
     }
@@ -126,10 +150,13 @@ impl UpstreamClient {
             .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
         *req.uri_mut() = uri;
         *req.version_mut() = self.version;
+        if self.version == Version::HTTP_11 {
+            frame_unknown_length_body(&mut req);
+        }
         // What it takes to send the request again if a pooled connection turns out to be dead.
         let replay = replayable(&req);
-        match self.client.request(req).await {
-            Ok(resp) => Ok(answered(resp)),
+        let resp = match self.client.request(req).await {
+            Ok(resp) => answered(resp),
             Err(err) => match replay {
                 Some(again) if is_stale_connection(&err) => {
                     tracing::debug!(error = %err, "pooled connection was closed; sending again");
@@ -137,11 +164,64 @@ impl UpstreamClient {
                         .request(again.into_request())
                         .await
                         .map(answered)
-                        .map_err(classify)
+                        .map_err(classify)?
                 }
-                _ => Err(classify(err)),
+                _ => return Err(classify(err)),
             },
+        };
+        self.check_head(&resp)?;
+        Ok(resp)
+    }
+
+    /// Refuses a response head beyond the upstream's limits, measured as the protocol measures
+    /// it: HTTP/1 header lines (`name: value` and CRLF), HTTP/2 header list size (RFC 9113
+    /// §6.5.2: name, value and 32 per field).
+    fn check_head(&self, resp: &Response<Incoming>) -> Result<(), ProxyError> {
+        let fields = resp.headers().len();
+        if fields > self.limits.fields {
+            return Err(ProxyError::UpstreamProtocol(
+                format!(
+                    "response with more than {} header fields",
+                    self.limits.fields
+                )
+                .into(),
+            ));
         }
+        let per_field = if resp.version() == Version::HTTP_2 {
+            32
+        } else {
+            4
+        };
+        let bytes: usize = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + per_field)
+            .sum();
+        if bytes > self.limits.bytes {
+            return Err(ProxyError::UpstreamProtocol(
+                format!("response head larger than {} bytes", self.limits.bytes).into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A request body of unknown length (chunked from the client, or HTTP/2 without
+/// `content-length`) is sent chunked whatever the method. hyper's client would otherwise send a
+/// GET, HEAD or CONNECT with such a body as bodiless, silently dropping what the client sent.
+fn frame_unknown_length_body(req: &mut Request<RequestBody>) {
+    let body = req.body();
+    if http_body::Body::is_end_stream(body) || http_body::Body::size_hint(body).exact().is_some() {
+        return;
+    }
+    let headers = req.headers_mut();
+    if !headers.contains_key(http::header::CONTENT_LENGTH)
+        && !headers.contains_key(http::header::TRANSFER_ENCODING)
+    {
+        headers.insert(
+            http::header::TRANSFER_ENCODING,
+            http::HeaderValue::from_static("chunked"),
+        );
     }
 }
 
@@ -337,6 +417,11 @@ fn classify(err: hyper_util::client::legacy::Error) -> ProxyError {
                     ProxyError::BadRequest("client request body ended early")
                 }
             };
+        }
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_parse_too_large() {
+                return ProxyError::UpstreamProtocol(Box::new(err));
+            }
         }
         source = e.source();
     }

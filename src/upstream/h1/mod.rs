@@ -39,10 +39,10 @@ pub enum H1Error {
     Io(#[from] std::io::Error),
     #[error("invalid response head: {0}")]
     Parse(httparse::Error),
-    #[error("response head larger than 64 KiB")]
-    HeadTooLarge,
-    #[error("response with more than 100 header fields")]
-    TooManyHeaders,
+    #[error("response head larger than {0} bytes")]
+    HeadTooLarge(usize),
+    #[error("response with more than {0} header fields")]
+    TooManyHeaders(usize),
     #[error("invalid content-length in response")]
     BadContentLength,
     #[error("invalid chunked response body: {0}")]
@@ -60,6 +60,7 @@ pub struct DirectClient {
     /// One per endpoint, in the upstream's endpoint order.
     pools: Box<[Arc<ConnPool>]>,
     connect_timeout: Duration,
+    limits: response::Limits,
 }
 
 impl DirectClient {
@@ -76,6 +77,10 @@ impl DirectClient {
                 })
                 .collect(),
             connect_timeout: config.connect_timeout,
+            limits: response::Limits {
+                max_head: config.max_response_header_bytes,
+                max_headers: config.max_response_headers,
+            },
         }
     }
 
@@ -110,8 +115,9 @@ impl DirectClient {
         let mut wire = Vec::new();
         request::encode(req, body.as_ref(), authority.as_str(), &mut wire);
         let method = req.method();
+        let limits = self.limits;
         let (conn, head) = match pool.checkout(tokio::time::Instant::now()) {
-            Some(conn) => match exchange(conn, &wire, method).await {
+            Some(conn) => match exchange(conn, &wire, method, limits).await {
                 Ok(done) => done,
                 // The upstream closed the pooled connection as levee reused it: the request
                 // never reached the application, so an idempotent one goes out once more on a
@@ -119,17 +125,17 @@ impl DirectClient {
                 Err(Failed { stale: true, error }) if is_idempotent(method) => {
                     tracing::debug!(%error, "pooled connection was closed; sending again");
                     let conn = self.connect(authority).await?;
-                    exchange(conn, &wire, method)
+                    exchange(conn, &wire, method, limits)
                         .await
-                        .map_err(|f| reset(f.error))?
+                        .map_err(|f| failed(f.error))?
                 }
-                Err(f) => return Err(reset(f.error)),
+                Err(f) => return Err(failed(f.error)),
             },
             None => {
                 let conn = self.connect(authority).await?;
-                exchange(conn, &wire, method)
+                exchange(conn, &wire, method, limits)
                     .await
-                    .map_err(|f| reset(f.error))?
+                    .map_err(|f| failed(f.error))?
             }
         };
         let body = into_body(conn, head.framing, head.keep_alive, pool);
@@ -165,8 +171,15 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-fn reset(error: H1Error) -> ProxyError {
-    ProxyError::UpstreamReset(Box::new(error))
+/// A response beyond the upstream's header limits is refused as `upstream_protocol` (not the
+/// upstream's failure); anything else that broke the exchange is a reset.
+fn failed(error: H1Error) -> ProxyError {
+    match error {
+        H1Error::HeadTooLarge(_) | H1Error::TooManyHeaders(_) => {
+            ProxyError::UpstreamProtocol(Box::new(error))
+        }
+        _ => ProxyError::UpstreamReset(Box::new(error)),
+    }
 }
 
 /// A failed exchange; `stale` when a reused connection failed before any response byte.
@@ -180,6 +193,7 @@ async fn exchange(
     mut conn: Conn,
     wire: &[u8],
     method: &Method,
+    limits: response::Limits,
 ) -> Result<(Conn, response::Head), Failed> {
     let stale_if = |conn: &Conn, received: bool, e: &std::io::Error| {
         conn.reused
@@ -200,7 +214,7 @@ async fn exchange(
     }
     let mut received = false;
     loop {
-        match response::parse(&mut conn.buf, method) {
+        match response::parse(&mut conn.buf, method, limits) {
             Ok(Some(head)) => return Ok((conn, head)),
             Ok(None) => {}
             Err(error) => {

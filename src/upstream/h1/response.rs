@@ -7,10 +7,18 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode, Version};
 use std::mem::MaybeUninit;
 
-/// The most header fields a response may carry (hyper's default too).
-pub const MAX_HEADERS: usize = 100;
-/// The largest response head accepted.
-pub const MAX_HEAD: usize = 64 * 1024;
+/// Header slots parsed on the stack; a response with more (up to the upstream's
+/// `max_response_headers`) is parsed again with slots on the heap. 100 covers nearly every
+/// response without a heap allocation per request.
+const INLINE_HEADERS: usize = 100;
+
+/// The upstream's limits on a response head (`max_response_header_bytes`, `max_response_headers`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The largest head, status line and header lines included.
+    pub max_head: usize,
+    pub max_headers: usize,
+}
 
 /// How the body after a head ends.
 #[derive(Debug)]
@@ -41,71 +49,135 @@ struct Field {
 
 /// Takes a complete final response head off the front of `buf`, skipping interim 1xx responses.
 /// `Ok(None)`: the head is not complete yet.
-pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Error> {
+pub fn parse(buf: &mut BytesMut, method: &Method, limits: Limits) -> Result<Option<Head>, H1Error> {
     loop {
-        let mut fields = [Field::default(); MAX_HEADERS];
-        let (len, status, version, count) = {
-            let mut raw = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-            let mut resp = httparse::Response::new(&mut []);
-            let base = buf.as_ptr() as usize;
-            let len = match httparse::ParserConfig::default()
-                .parse_response_with_uninit_headers(&mut resp, buf, &mut raw)
-            {
-                Ok(httparse::Status::Complete(len)) => len,
-                Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
-                    return Err(H1Error::HeadTooLarge)
-                }
-                Ok(httparse::Status::Partial) => return Ok(None),
-                Err(httparse::Error::TooManyHeaders) => return Err(H1Error::TooManyHeaders),
-                Err(e) => return Err(H1Error::Parse(e)),
-            };
-            if len > MAX_HEAD {
-                return Err(H1Error::HeadTooLarge);
-            }
-            let status = resp
-                .code
-                .and_then(|c| StatusCode::from_u16(c).ok())
-                .ok_or(H1Error::Parse(httparse::Error::Status))?;
-            let version = match resp.version {
-                Some(0) => Version::HTTP_10,
-                _ => Version::HTTP_11,
-            };
-            for (field, h) in fields.iter_mut().zip(resp.headers.iter()) {
-                let name = h.name.as_ptr() as usize - base;
-                let value = h.value.as_ptr() as usize - base;
-                // `len <= MAX_HEAD` bounds every offset, so these fit.
-                field.name = (name as u32, (name + h.name.len()) as u32);
-                field.value = (value as u32, (value + h.value.len()) as u32);
-            }
-            (len, status, version, resp.headers.len())
+        let inline = limits.max_headers.min(INLINE_HEADERS);
+        let mut fields = [Field::default(); INLINE_HEADERS];
+        let scanned = {
+            let mut raw = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; INLINE_HEADERS];
+            scan(buf, &mut raw[..inline], &mut fields[..inline], limits)
         };
-        if status.is_informational() {
-            if status == StatusCode::SWITCHING_PROTOCOLS {
-                return Err(H1Error::UnexpectedUpgrade);
+        let head = match scanned {
+            Err(H1Error::TooManyHeaders(_)) if limits.max_headers > inline => {
+                // Rare: more fields than the stack holds, but within the configured limit.
+                let mut fields = vec![Field::default(); limits.max_headers];
+                let scanned = {
+                    let mut raw: Vec<MaybeUninit<httparse::Header<'_>>> =
+                        (0..limits.max_headers).map(|_| MaybeUninit::uninit()).collect();
+                    scan(buf, &mut raw, &mut fields, limits)?
+                };
+                match scanned {
+                    Some((s, count)) => take_head(buf, s, &fields[..count], method)?,
+                    None => return Ok(None),
+                }
             }
-            // 100 Continue, 103 Early Hints and the like: the final response follows.
-            buf.advance(len);
-            continue;
+            other => match other? {
+                Some((s, count)) => take_head(buf, s, &fields[..count], method)?,
+                None => return Ok(None),
+            },
+        };
+        if let Some(head) = head {
+            return Ok(Some(head));
         }
-        let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
-        for f in &fields[..count] {
-            let name = HeaderName::from_bytes(&head[f.name.0 as usize..f.name.1 as usize])
-                .map_err(|_| H1Error::Parse(httparse::Error::HeaderName))?;
-            let value =
-                HeaderValue::from_maybe_shared(head.slice(f.value.0 as usize..f.value.1 as usize))
-                    .map_err(|_| H1Error::Parse(httparse::Error::HeaderValue))?;
-            headers.append(name, value);
+    }
+}
+
+/// Takes the scanned head off `buf`: the final head, or `None` after skipping an interim one.
+fn take_head(
+    buf: &mut BytesMut,
+    scanned: Scanned,
+    fields: &[Field],
+    method: &Method,
+) -> Result<Option<Head>, H1Error> {
+    let Scanned {
+        len,
+        status,
+        version,
+    } = scanned;
+    if status.is_informational() {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(H1Error::UnexpectedUpgrade);
         }
-        let (framing, keep_alive) = framing(status, version, method, &mut headers)?;
-        return Ok(Some(Head {
+        // 100 Continue, 103 Early Hints and the like: the final response follows.
+        buf.advance(len);
+        return Ok(None);
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for f in fields {
+        let name = HeaderName::from_bytes(&head[f.name.0 as usize..f.name.1 as usize])
+            .map_err(|_| H1Error::Parse(httparse::Error::HeaderName))?;
+        let value =
+            HeaderValue::from_maybe_shared(head.slice(f.value.0 as usize..f.value.1 as usize))
+                .map_err(|_| H1Error::Parse(httparse::Error::HeaderValue))?;
+        headers.append(name, value);
+    }
+    let (framing, keep_alive) = framing(status, version, method, &mut headers)?;
+    Ok(Some(Head {
+        status,
+        version,
+        headers,
+        framing,
+        keep_alive,
+    }))
+}
+
+/// The parts of a head [`scan`] found.
+struct Scanned {
+    len: usize,
+    status: StatusCode,
+    version: Version,
+}
+
+/// Parses the head at the front of `buf` into `raw`, recording each field's offsets in
+/// `fields`; the number of fields comes back with the head. Leaves `buf` untouched.
+fn scan<'b>(
+    buf: &'b BytesMut,
+    raw: &mut [MaybeUninit<httparse::Header<'b>>],
+    fields: &mut [Field],
+    limits: Limits,
+) -> Result<Option<(Scanned, usize)>, H1Error> {
+    let mut resp = httparse::Response::new(&mut []);
+    let base = buf.as_ptr() as usize;
+    let len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, raw)
+    {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() >= limits.max_head => {
+            return Err(H1Error::HeadTooLarge(limits.max_head))
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(H1Error::TooManyHeaders(limits.max_headers))
+        }
+        Err(e) => return Err(H1Error::Parse(e)),
+    };
+    if len > limits.max_head {
+        return Err(H1Error::HeadTooLarge(limits.max_head));
+    }
+    let status = resp
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or(H1Error::Parse(httparse::Error::Status))?;
+    let version = match resp.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    for (field, h) in fields.iter_mut().zip(resp.headers.iter()) {
+        let name = h.name.as_ptr() as usize - base;
+        let value = h.value.as_ptr() as usize - base;
+        // `len <= max_head <= 16 MiB` (validated) bounds every offset, so these fit.
+        field.name = (name as u32, (name + h.name.len()) as u32);
+        field.value = (value as u32, (value + h.value.len()) as u32);
+    }
+    Ok(Some((
+        Scanned {
+            len,
             status,
             version,
-            headers,
-            framing,
-            keep_alive,
-        }));
-    }
+        },
+        resp.headers.len(),
+    )))
 }
 
 fn framing(
@@ -180,8 +252,13 @@ fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
 mod tests {
     use super::*;
 
+    const LIMITS: Limits = Limits {
+        max_head: 64 * 1024,
+        max_headers: 200,
+    };
+
     fn parse_str(s: &str, method: Method) -> Result<Option<Head>, H1Error> {
-        parse(&mut BytesMut::from(s.as_bytes()), &method)
+        parse(&mut BytesMut::from(s.as_bytes()), &method, LIMITS)
     }
 
     #[test]
@@ -189,7 +266,7 @@ mod tests {
         let mut buf = BytesMut::from(
             &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nX-A: 2\r\n\r\nhello"[..],
         );
-        let head = parse(&mut buf, &Method::GET).unwrap().unwrap();
+        let head = parse(&mut buf, &Method::GET, LIMITS).unwrap().unwrap();
         assert_eq!(head.status, StatusCode::OK);
         assert!(matches!(head.framing, Framing::Length(5)));
         assert!(head.keep_alive);
@@ -314,19 +391,61 @@ mod tests {
         ] {
             assert!(parse_str(bad, Method::GET).is_err(), "{bad}");
         }
-        let mut many = String::from("HTTP/1.1 200 OK\r\n");
-        for i in 0..=MAX_HEADERS {
-            many.push_str(&format!("x-{i}: v\r\n"));
-        }
-        many.push_str("\r\n");
-        assert!(matches!(
-            parse_str(&many, Method::GET),
-            Err(H1Error::TooManyHeaders)
-        ));
-        let huge = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(MAX_HEAD));
+        let huge = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(LIMITS.max_head));
         assert!(matches!(
             parse_str(&huge, Method::GET),
-            Err(H1Error::HeadTooLarge)
+            Err(H1Error::HeadTooLarge(_))
+        ));
+    }
+
+    fn with_fields(n: usize) -> String {
+        let mut head = String::from("HTTP/1.1 200 OK\r\n");
+        for i in 0..n {
+            head.push_str(&format!("set-cookie: c{i}=v\r\n"));
+        }
+        head.push_str("content-length: 0\r\n\r\n");
+        head
+    }
+
+    #[test]
+    fn header_count_limit_is_the_configured_one() {
+        // 150 fields: more than the stack holds, within the default limit of 200.
+        let head = parse_str(&with_fields(149), Method::GET).unwrap().unwrap();
+        assert_eq!(head.headers.get_all("set-cookie").iter().count(), 149);
+        assert_eq!(
+            parse_str(&with_fields(200), Method::GET).unwrap_err().to_string(),
+            "response with more than 200 header fields"
+        );
+        let small = Limits {
+            max_head: 64 * 1024,
+            max_headers: 10,
+        };
+        let mut buf = BytesMut::from(with_fields(9).as_bytes());
+        assert!(parse(&mut buf, &Method::GET, small).unwrap().is_some());
+        let mut buf = BytesMut::from(with_fields(10).as_bytes());
+        assert!(matches!(
+            parse(&mut buf, &Method::GET, small),
+            Err(H1Error::TooManyHeaders(10))
+        ));
+    }
+
+    #[test]
+    fn head_size_limit_is_the_configured_one() {
+        let text = with_fields(50);
+        let exact = Limits {
+            max_head: text.len(),
+            max_headers: 200,
+        };
+        let mut buf = BytesMut::from(text.as_bytes());
+        assert!(parse(&mut buf, &Method::GET, exact).unwrap().is_some());
+        let short = Limits {
+            max_head: text.len() - 1,
+            max_headers: 200,
+        };
+        let mut buf = BytesMut::from(text.as_bytes());
+        assert!(matches!(
+            parse(&mut buf, &Method::GET, short),
+            Err(H1Error::HeadTooLarge(_))
         ));
     }
 }
