@@ -143,4 +143,28 @@ mod tests {
         let errors = parse("t.toml", "[[listener]\nbind = ", Path::new(".")).unwrap_err();
         assert_eq!(errors.0.len(), 1, "{errors}");
     }
+
+    #[test]
+    fn framing_limits_have_defaults_and_refuse_nonsense_with_positions() {
+        let base = "[[listener]]\nbind = \"127.0.0.1:0\"\n[[route]]\nupstream = \"app\"\n";
+        let ok = format!("{base}[[upstream]]\nname = \"app\"\nendpoints = [\"127.0.0.1:1\"]\n");
+        let config = parse("t.toml", &ok, Path::new(".")).unwrap();
+        assert_eq!(
+            config.routes[0].tunnel_idle_timeout,
+            std::time::Duration::from_secs(3600)
+        );
+        assert_eq!(config.upstreams[0].max_response_header_bytes, 64 * 1024);
+        assert_eq!(config.upstreams[0].max_response_headers, 200);
+
+        let bad = "[[listener]]\nbind = \"127.0.0.1:0\"\n[[route]]\nupstream = \"app\"\n\
+                   tunnel_idle_timeout = \"0s\"\n[[upstream]]\nname = \"app\"\n\
+                   endpoints = [\"127.0.0.1:1\"]\nmax_response_header_bytes = 10\n\
+                   max_response_headers = 0\n";
+        let errors = parse("t.toml", bad, Path::new(".")).unwrap_err();
+        let lines: Vec<String> = errors.0.iter().map(|p| p.to_string()).collect();
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        assert!(lines[0].starts_with("t.toml:5:23: tunnel_idle_timeout must be longer than zero"));
+        assert!(lines[1].starts_with("t.toml:9:29: max_response_header_bytes = 10 is out of range"));
+        assert!(lines[2].starts_with("t.toml:10:24: max_response_headers = 0 is out of range"));
+    }
 }

@@ -391,7 +391,10 @@ where
     if super::tunnel::copy_until_idle(client, upstream, idle).await
         == super::tunnel::TunnelEnd::Idle
     {
-        tracing::debug!(?idle, "tunnel idle both ways for tunnel_idle_timeout; closed");
+        tracing::debug!(
+            ?idle,
+            "tunnel idle both ways for tunnel_idle_timeout; closed"
+        );
     }
 }
 

@@ -20,7 +20,9 @@ use tokio::net::{TcpListener, TcpStream};
 fn response_with_cookies(n: usize) -> &'static [u8] {
     let mut r = String::from("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n");
     for i in 0..n {
-        r.push_str(&format!("set-cookie: session{i}=v{i}; Path=/; HttpOnly\r\n"));
+        r.push_str(&format!(
+            "set-cookie: session{i}=v{i}; Path=/; HttpOnly\r\n"
+        ));
     }
     r.push_str("\r\nok");
     Box::leak(r.into_bytes().into_boxed_slice())
@@ -85,7 +87,10 @@ async fn responses_beyond_the_header_limits_are_upstream_protocol_and_trip_nothi
     let proxy = TestProxy::start(&simple_config(&[origin.addr], "", &limits)).await;
     for _ in 0..3 {
         for r in get_and_post(&proxy).await {
-            assert_eq!((r.status.as_u16(), r.error_kind()), (502, "upstream_protocol"));
+            assert_eq!(
+                (r.status.as_u16(), r.error_kind()),
+                (502, "upstream_protocol")
+            );
         }
     }
     let big = format!(
@@ -97,7 +102,10 @@ async fn responses_beyond_the_header_limits_are_upstream_protocol_and_trip_nothi
     let proxy = TestProxy::start(&simple_config(&[origin.addr], "", &limits)).await;
     for _ in 0..3 {
         for r in get_and_post(&proxy).await {
-            assert_eq!((r.status.as_u16(), r.error_kind()), (502, "upstream_protocol"));
+            assert_eq!(
+                (r.status.as_u16(), r.error_kind()),
+                (502, "upstream_protocol")
+            );
         }
     }
     // Within the limits, the same upstream answers: nothing was tripped or ejected.
@@ -148,7 +156,10 @@ async fn http2_upstreams_apply_the_same_header_limits() {
     let proxy = TestProxy::start(&simple_config(&[too_many], "", breaker)).await;
     for _ in 0..4 {
         let r = Client::new().get(&proxy.url("/")).await;
-        assert_eq!((r.status.as_u16(), r.error_kind()), (502, "upstream_protocol"));
+        assert_eq!(
+            (r.status.as_u16(), r.error_kind()),
+            (502, "upstream_protocol")
+        );
     }
 }
 
@@ -274,7 +285,11 @@ async fn a_get_with_a_declared_body_reaches_the_origin_through_either_client() {
             .await;
         assert_eq!(r.status, 200);
         let seen = origin.last().unwrap();
-        assert_eq!((seen.method, seen.body_len), (Method::GET, 11), "{route_extra}");
+        assert_eq!(
+            (seen.method, seen.body_len),
+            (Method::GET, 11),
+            "{route_extra}"
+        );
     }
 }
 

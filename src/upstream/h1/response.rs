@@ -62,8 +62,9 @@ pub fn parse(buf: &mut BytesMut, method: &Method, limits: Limits) -> Result<Opti
                 // Rare: more fields than the stack holds, but within the configured limit.
                 let mut fields = vec![Field::default(); limits.max_headers];
                 let scanned = {
-                    let mut raw: Vec<MaybeUninit<httparse::Header<'_>>> =
-                        (0..limits.max_headers).map(|_| MaybeUninit::uninit()).collect();
+                    let mut raw: Vec<MaybeUninit<httparse::Header<'_>>> = (0..limits.max_headers)
+                        .map(|_| MaybeUninit::uninit())
+                        .collect();
                     scan(buf, &mut raw, &mut fields, limits)?
                 };
                 match scanned {
@@ -413,7 +414,9 @@ mod tests {
         let head = parse_str(&with_fields(149), Method::GET).unwrap().unwrap();
         assert_eq!(head.headers.get_all("set-cookie").iter().count(), 149);
         assert_eq!(
-            parse_str(&with_fields(200), Method::GET).unwrap_err().to_string(),
+            parse_str(&with_fields(200), Method::GET)
+                .unwrap_err()
+                .to_string(),
             "response with more than 200 header fields"
         );
         let small = Limits {
