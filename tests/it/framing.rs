@@ -117,8 +117,9 @@ async fn responses_beyond_the_header_limits_are_upstream_protocol_and_trip_nothi
     }
 }
 
-/// An HTTP/2 origin (hyper's server) answering with `fields` set-cookie fields.
-async fn h2_origin(fields: usize) -> SocketAddr {
+/// An HTTP/2 origin (hyper's server) answering with `fields` set-cookie fields and, when
+/// `big` is not 0, an `x-big` field of that many bytes.
+async fn h2_origin(fields: usize, big: usize) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -131,6 +132,10 @@ async fn h2_origin(fields: usize) -> SocketAddr {
                             "set-cookie",
                             format!("session{i}=v{i}; Path=/").parse().unwrap(),
                         );
+                    }
+                    if big > 0 {
+                        resp.headers_mut()
+                            .insert("x-big", "b".repeat(big).parse().unwrap());
                     }
                     Ok::<_, Infallible>(resp)
                 });
@@ -146,14 +151,26 @@ async fn h2_origin(fields: usize) -> SocketAddr {
 #[tokio::test]
 async fn http2_upstreams_apply_the_same_header_limits() {
     let breaker = "protocol = \"h2\"\n[upstream.circuit_breaker]\nconsecutive_failures = 2\n";
-    let ok = h2_origin(150).await;
+    let ok = h2_origin(150, 0).await;
     let proxy = TestProxy::start(&simple_config(&[ok], "", breaker)).await;
     let r = fetch(Method::GET, &proxy.url("/"), "").await;
     assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "ok"));
     assert_eq!(r.headers.get_all("set-cookie").iter().count(), 150);
 
-    let too_many = h2_origin(250).await;
+    let too_many = h2_origin(250, 0).await;
     let proxy = TestProxy::start(&simple_config(&[too_many], "", breaker)).await;
+    for _ in 0..4 {
+        let r = Client::new().get(&proxy.url("/")).await;
+        assert_eq!(
+            (r.status.as_u16(), r.error_kind()),
+            (502, "upstream_protocol")
+        );
+    }
+
+    // Over the byte limit (but within the 4x advertised to the upstream).
+    let too_big = h2_origin(0, 3000).await;
+    let limits = format!("max_response_header_bytes = \"2KiB\"\n{breaker}");
+    let proxy = TestProxy::start(&simple_config(&[too_big], "", &limits)).await;
     for _ in 0..4 {
         let r = Client::new().get(&proxy.url("/")).await;
         assert_eq!(
