@@ -2,6 +2,7 @@
 //! text and binary messages, and the route's `tunnel_idle_timeout`.
 
 use crate::support::proxy::{simple_config, TestProxy};
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -62,10 +63,37 @@ async fn text_and_binary_messages_echo_through_levee() {
     let mut ws = connect(&proxy).await;
     ws.send(Message::text("hello levee")).await.unwrap();
     assert_eq!(next_message(&mut ws).await, Message::text("hello levee"));
-    let blob: Vec<u8> = (0..=255u8).cycle().take(256 * 1024).collect();
+    let blob: Vec<u8> = (0..=255u8).cycle().take(1024 * 1024).collect();
     ws.send(Message::binary(blob.clone())).await.unwrap();
     assert_eq!(next_message(&mut ws).await, Message::binary(blob));
+    // The server's library answers a ping itself.
+    ws.send(Message::Ping(Bytes::from_static(b"are you there").into()))
+        .await
+        .unwrap();
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("no pong within 10s")
+            .expect("the tunnel closed")
+            .unwrap();
+        if let Message::Pong(payload) = msg {
+            assert_eq!(&payload[..], b"are you there");
+            break;
+        }
+    }
+    // A close handshake goes both ways through the tunnel.
     ws.close(None).await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_close() {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .expect("no close within 10s");
+    assert!(end, "the server's close frame did not come back");
 }
 
 #[tokio::test]
