@@ -67,7 +67,7 @@ async fn text_and_binary_messages_echo_through_levee() {
     ws.send(Message::binary(blob.clone())).await.unwrap();
     assert_eq!(next_message(&mut ws).await, Message::binary(blob));
     // The server's library answers a ping itself.
-    ws.send(Message::Ping(Bytes::from_static(b"are you there").into()))
+    ws.send(Message::Ping(Bytes::from_static(b"are you there")))
         .await
         .unwrap();
     loop {
