@@ -75,12 +75,14 @@ impl UpstreamClient {
             b.http2_only(true);
         }
         // Response head limits. hyper's HTTP/1 client counts fields itself and refuses a head
-        // that outgrows its read buffer (at least 8 KiB); HTTP/2 advertises a header list size.
-        // That one is advertised at 4x the limit so that a response somewhat over it still
-        // arrives whole and is refused by `check_head` as `upstream_protocol`, which h2 cannot
-        // tell apart from a garbled response when it resets the stream itself.
+        // that outgrows its read buffer, which is left at hyper's default (it also sizes body
+        // reads) unless the limit is larger; `check_head` applies the exact byte limit. HTTP/2
+        // advertises a header list size, at 4x the limit so that a response somewhat over it
+        // still arrives whole and is refused by `check_head` as `upstream_protocol`: h2 cannot
+        // tell an oversized list apart from a garbled response when it resets the stream itself.
+        const HYPER_DEFAULT_MAX_BUF: usize = 8192 + 4096 * 100;
         b.http1_max_headers(config.max_response_headers)
-            .http1_max_buf_size(config.max_response_header_bytes.max(8 * 1024))
+            .http1_max_buf_size(config.max_response_header_bytes.max(HYPER_DEFAULT_MAX_BUF))
             .http2_max_header_list_size(
                 u32::try_from(config.max_response_header_bytes.saturating_mul(4))
                     .unwrap_or(u32::MAX),

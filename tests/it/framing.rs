@@ -108,7 +108,22 @@ async fn responses_beyond_the_header_limits_are_upstream_protocol_and_trip_nothi
             );
         }
     }
-    // Within the limits, the same upstream answers: nothing was tripped or ejected.
+    // Default limits, a head far beyond them (and beyond hyper's own read buffer).
+    let huge = format!(
+        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-huge: {}\r\n\r\nok",
+        "h".repeat(500 * 1024)
+    );
+    let origin = RawOrigin::start(Box::leak(huge.into_bytes().into_boxed_slice())).await;
+    let proxy = TestProxy::start(&simple_config(&[origin.addr], "", breaker)).await;
+    for _ in 0..3 {
+        for r in get_and_post(&proxy).await {
+            assert_eq!(
+                (r.status.as_u16(), r.error_kind()),
+                (502, "upstream_protocol")
+            );
+        }
+    }
+    // Just within a configured limit, a response passes.
     let origin = RawOrigin::start(response_with_cookies(19)).await;
     let limits = format!("max_response_headers = 20\n{breaker}");
     let proxy = TestProxy::start(&simple_config(&[origin.addr], "", &limits)).await;
