@@ -66,11 +66,16 @@ async fn a_response_with_150_header_fields_passes_by_default() {
 
 #[tokio::test]
 async fn responses_beyond_the_header_limits_are_upstream_protocol_and_trip_nothing() {
-    // A breaker that opens after two failures in a row: an oversized response must not count.
+    // Outlier detection that ejects any endpoint after two failures in a row (the breaker
+    // kept out of the way), then a breaker that opens after two: an oversized response must
+    // count for neither.
+    let outlier = "[upstream.circuit_breaker]\nminimum_calls = 1000000\n\
+                   [upstream.outlier_detection]\nconsecutive_failures = 2\nmax_ejection_percent = 100\n";
     let breaker = "[upstream.circuit_breaker]\nconsecutive_failures = 2\n";
-    let origin = RawOrigin::start(response_with_cookies(250)).await;
-    let proxy = TestProxy::start(&simple_config(&[origin.addr], "", breaker)).await;
-    for _ in 0..3 {
+    let first = RawOrigin::start(response_with_cookies(250)).await;
+    let second = RawOrigin::start(response_with_cookies(250)).await;
+    let proxy = TestProxy::start(&simple_config(&[first.addr, second.addr], "", outlier)).await;
+    for _ in 0..4 {
         for r in get_and_post(&proxy).await {
             assert_eq!(
                 (r.status.as_u16(), r.error_kind()),
