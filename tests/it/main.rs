@@ -8,6 +8,7 @@ mod dashboard;
 mod faults;
 mod fuzz_corpus;
 mod global_limit;
+mod grpc;
 mod hostile;
 mod keepalive;
 mod lifecycle;
