@@ -61,6 +61,11 @@ async fn unary_calls_pass_with_te_trailers_and_the_clients_authority() {
         assert_eq!(host, None, "no second host header");
         assert_eq!(te.as_deref(), Some("trailers"));
     }
+    assert_eq!(
+        server.state.connections.load(Ordering::SeqCst),
+        1,
+        "calls share one pooled HTTP/2 connection"
+    );
 }
 
 #[tokio::test]
@@ -406,6 +411,8 @@ async fn throughput() {
             stream_rate(proxy.addr, 100_000).await,
         ),
     ] {
+        let connections = server.state.connections.load(Ordering::SeqCst);
+        println!("upstream connections so far: {connections}");
         println!(
             "{name:32} direct {direct:>10.0}  through levee {via:>10.0}  ratio {:.2}",
             via / direct

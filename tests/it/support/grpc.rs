@@ -42,6 +42,7 @@ pub const STREAM: &str = "/test.Echo/Stream";
 #[derive(Default)]
 pub struct GrpcState {
     pub calls: AtomicUsize,
+    pub connections: AtomicUsize,
     /// Handlers and streams that ended because the caller went away.
     pub cancelled: AtomicUsize,
     /// `(:authority, host header, te header)` of each request.
@@ -88,6 +89,7 @@ pub async fn start_server() -> GrpcServer {
                 continue;
             };
             let _ = sock.set_nodelay(true);
+            st.connections.fetch_add(1, Ordering::SeqCst);
             let st = st.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
