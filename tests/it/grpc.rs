@@ -342,7 +342,7 @@ async fn unary_rate(addr: SocketAddr, calls: u32) -> f64 {
     call_unary(&mut grpc, tonic::Request::new(ping("warm")))
         .await
         .unwrap();
-    let t = std::time::Instant::now();
+    let t = tokio::time::Instant::now();
     for _ in 0..calls {
         call_unary(&mut grpc, tonic::Request::new(ping("hi")))
             .await
@@ -354,7 +354,7 @@ async fn unary_rate(addr: SocketAddr, calls: u32) -> f64 {
 /// Calls per second for `tasks` concurrent loops of `calls` unary calls on one channel.
 async fn concurrent_unary_rate(addr: SocketAddr, tasks: u32, calls: u32) -> f64 {
     let grpc = client(addr, None).await;
-    let t = std::time::Instant::now();
+    let t = tokio::time::Instant::now();
     let mut handles = Vec::new();
     for _ in 0..tasks {
         let mut grpc = grpc.clone();
@@ -375,7 +375,7 @@ async fn concurrent_unary_rate(addr: SocketAddr, tasks: u32, calls: u32) -> f64 
 /// Messages per second of one server stream of `n` messages.
 async fn stream_rate(addr: SocketAddr, n: u32) -> f64 {
     let mut grpc = client(addr, None).await;
-    let t = std::time::Instant::now();
+    let t = tokio::time::Instant::now();
     let mut s = call_stream(&mut grpc, tonic::Request::new(ping(&format!("many:{n}"))))
         .await
         .unwrap()

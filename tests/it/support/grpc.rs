@@ -38,6 +38,9 @@ pub fn ping(text: &str) -> Ping {
 pub const UNARY: &str = "/test.Echo/Unary";
 pub const STREAM: &str = "/test.Echo/Stream";
 
+/// `(:authority, host header, te header)` of one request.
+pub type Seen = (String, Option<String>, Option<String>);
+
 /// What the server saw and a lever to pace it.
 #[derive(Default)]
 pub struct GrpcState {
@@ -46,7 +49,7 @@ pub struct GrpcState {
     /// Handlers and streams that ended because the caller went away.
     pub cancelled: AtomicUsize,
     /// `(:authority, host header, te header)` of each request.
-    pub seen: Mutex<Vec<(String, Option<String>, Option<String>)>>,
+    pub seen: Mutex<Vec<Seen>>,
     /// Lets a paced stream send its next message.
     pub release: Notify,
 }
