@@ -286,7 +286,7 @@ async fn strict_h2_origin() -> SocketAddr {
                 let Ok(mut conn) = h2::server::handshake(sock).await else {
                     return;
                 };
-                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                while let Some(Ok((mut req, mut respond))) = conn.accept().await {
                     let authority = req.uri().authority().map(|a| a.to_string());
                     let host = req
                         .headers()
@@ -302,9 +302,36 @@ async fn strict_h2_origin() -> SocketAddr {
                         .header("x-seen-host", host.unwrap_or_default())
                         .body(())
                         .unwrap();
-                    if let Ok(mut send) = respond.send_response(resp, false) {
-                        let body = if agrees { "ok" } else { "host != :authority" };
-                        let _ = send.send_data(Bytes::from(body), true);
+                    // A POST's body and trailers are read, and its trailers sent back as the
+                    // response's trailers.
+                    let mut received = 0;
+                    let mut trailers = None;
+                    if req.method() == http::Method::POST {
+                        let body = req.body_mut();
+                        while let Some(Ok(chunk)) = body.data().await {
+                            received += chunk.len();
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                        }
+                        trailers = body.trailers().await.ok().flatten();
+                    }
+                    let Ok(mut send) = respond.send_response(resp, false) else {
+                        continue;
+                    };
+                    let body = if !agrees {
+                        "host != :authority".to_string()
+                    } else if trailers.is_some() {
+                        format!("{received} bytes")
+                    } else {
+                        "ok".to_string()
+                    };
+                    match trailers {
+                        Some(t) => {
+                            let _ = send.send_data(Bytes::from(body), false);
+                            let _ = send.send_trailers(t);
+                        }
+                        None => {
+                            let _ = send.send_data(Bytes::from(body), true);
+                        }
                     }
                 }
             });
@@ -334,6 +361,38 @@ async fn a_strict_http2_upstream_sees_the_clients_host_as_authority() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.headers["x-seen-authority"], proxy.addr.to_string());
     assert_eq!(r.headers["x-seen-host"], "");
+}
+
+#[tokio::test]
+async fn request_and_response_trailers_pass_through_with_the_h2_crate() {
+    let origin = strict_h2_origin().await;
+    let proxy = TestProxy::start(&h2_config(&[origin], "", "")).await;
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post(format!("http://{}/upload", proxy.addr))
+        .body(())
+        .unwrap();
+    let (resp, mut send) = h2.send_request(req, false).unwrap();
+    send.send_data(Bytes::from_static(b"hello"), false).unwrap();
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-checksum", "abc123".parse().unwrap());
+    send.send_trailers(trailers).unwrap();
+    let resp = tokio::time::timeout(WAIT, resp).await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut text = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        body.flow_control().release_capacity(chunk.len()).unwrap();
+        text.extend_from_slice(&chunk);
+    }
+    assert_eq!(text, b"5 bytes");
+    let trailers = body.trailers().await.unwrap().expect("response trailers");
+    assert_eq!(
+        trailers["x-checksum"], "abc123",
+        "the request's trailers, echoed"
+    );
 }
 
 /// Calls per second for `calls` sequential unary calls on one channel.
