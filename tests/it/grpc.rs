@@ -230,6 +230,11 @@ async fn grpc_status_14_in_trailers_trips_the_breaker() {
         breaker_state(&get_json(&proxy.admin_url("/status")).await, "app") == "open"
     })
     .await;
+    // Outlier detection saw the same verdicts: 2 successes, 3 failures, all from trailers.
+    let status = get_json(&proxy.admin_url("/status")).await;
+    let endpoint = &status["upstreams"][0]["endpoints"][0];
+    assert_eq!(endpoint["requests"], 5, "{endpoint}");
+    assert_eq!(endpoint["failures"], 3, "{endpoint}");
     let calls = server.state.calls.load(Ordering::SeqCst);
     let status = call_unary(&mut grpc, tonic::Request::new(ping("hello")))
         .await
