@@ -250,6 +250,73 @@ async fn grpc_status_14_in_trailers_trips_the_breaker() {
 }
 
 #[tokio::test]
+async fn a_half_open_trial_stream_holds_its_slot_until_its_trailers() {
+    let (server, proxy) = grpc_proxy(
+        "",
+        "[upstream.circuit_breaker]\nconsecutive_failures = 1\nopen_duration = \"200ms\"\nhalf_open_calls = 1\n",
+    )
+    .await;
+    let mut grpc = client(proxy.addr, None).await;
+    let mut s = call_stream(&mut grpc, tonic::Request::new(ping("unavailable")))
+        .await
+        .unwrap()
+        .into_inner();
+    while s.message().await.is_ok_and(|m| m.is_some()) {}
+    assert_eq!(
+        breaker_state(&get_json(&proxy.admin_url("/status")).await, "app"),
+        "open"
+    );
+    // Once the open time is over, the first call is the one half-open trial.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut trial = loop {
+        match call_stream(&mut grpc, tonic::Request::new(ping("paced"))).await {
+            Ok(s) => break s.into_inner(),
+            Err(status) => assert_eq!(levee_error(&status), "circuit_open", "{status:?}"),
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never half-open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(trial.message().await.unwrap().unwrap().n, 1);
+    assert_eq!(
+        breaker_state(&get_json(&proxy.admin_url("/status")).await, "app"),
+        "half_open"
+    );
+    // The trial has its head but not its trailers: its slot is still taken.
+    let status = call_unary(&mut grpc, tonic::Request::new(ping("hello")))
+        .await
+        .expect_err("the only trial slot is in use");
+    assert_eq!(levee_error(&status), "circuit_open", "{status:?}");
+    for n in 2..=3 {
+        server.state.release.notify_one();
+        assert_eq!(trial.message().await.unwrap().unwrap().n, n);
+    }
+    assert!(
+        trial.message().await.unwrap().is_none(),
+        "OK in the trailers"
+    );
+    eventually("the successful trial closes the breaker", WAIT, || async {
+        breaker_state(&get_json(&proxy.admin_url("/status")).await, "app") == "closed"
+    })
+    .await;
+    call_unary(&mut grpc, tonic::Request::new(ping("hello")))
+        .await
+        .expect("closed again");
+}
+
+#[tokio::test]
+async fn no_route_is_unimplemented() {
+    let server = start_server().await;
+    let cfg = h2_config(&[server.addr], "host = \"only.example\"", "");
+    let proxy = TestProxy::start(&cfg).await;
+    let mut grpc = client(proxy.addr, Some("other.example")).await;
+    let status = call_unary(&mut grpc, tonic::Request::new(ping("hello")))
+        .await
+        .expect_err("no route for this host");
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    assert_eq!(levee_error(&status), "no_route");
+}
+
+#[tokio::test]
 async fn a_trailers_only_failure_counts_and_others_do_not() {
     // INVALID_ARGUMENT is the caller's fault: not in failure_grpc_statuses; UNAVAILABLE is.
     let (_server, proxy) = grpc_proxy(
