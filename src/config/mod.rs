@@ -139,6 +139,26 @@ mod tests {
     }
 
     #[test]
+    fn failure_grpc_statuses_take_codes_or_names_and_report_the_rest() {
+        let cfg = |list: &str| {
+            format!("[[listener]]\nbind = \"127.0.0.1:0\"\n[[route]]\nupstream = \"app\"\n[[upstream]]\nname = \"app\"\nendpoints = [\"127.0.0.1:1\"]\n[upstream.circuit_breaker]\nfailure_grpc_statuses = {list}\n")
+        };
+        let config = parse("t.toml", &cfg("[14, \"internal\"]"), Path::new(".")).unwrap();
+        let set = config.upstreams[0].breaker.failure_grpc_statuses;
+        assert_eq!(set.codes(), vec![13, 14]);
+        let errors = parse("t.toml", &cfg("[14, 17, \"NOPE\"]"), Path::new(".")).unwrap_err();
+        let lines: Vec<String> = errors.0.iter().map(|p| p.to_string()).collect();
+        assert_eq!(lines.len(), 2, "{lines:#?}");
+        assert!(
+            lines[0].starts_with(
+                "t.toml:9:30: failure_grpc_statuses entries are gRPC status codes 0..=16"
+            ),
+            "{lines:#?}"
+        );
+        assert!(lines[1].starts_with("t.toml:9:34: "), "{lines:#?}");
+    }
+
+    #[test]
     fn syntax_errors_stop_at_the_first() {
         let errors = parse("t.toml", "[[listener]\nbind = ", Path::new(".")).unwrap_err();
         assert_eq!(errors.0.len(), 1, "{errors}");

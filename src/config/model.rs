@@ -279,6 +279,9 @@ pub struct BreakerConfig {
     pub max_pending: u32,
     /// Inclusive status ranges that count as failures.
     pub failure_statuses: Vec<(u16, u16)>,
+    /// `grpc-status` codes of a gRPC response (in its headers or trailers) that count as
+    /// failures; default DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE.
+    pub failure_grpc_statuses: crate::proxy::grpc::GrpcStatusSet,
 }
 
 impl BreakerConfig {
@@ -289,6 +292,9 @@ impl BreakerConfig {
     }
 }
 
+/// DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE: the gRPC statuses a 5xx would be.
+pub const DEFAULT_FAILURE_GRPC_STATUSES: [u32; 3] = [4, 13, 14];
+
 impl Default for BreakerConfig {
     fn default() -> Self {
         BreakerConfig {
@@ -296,6 +302,9 @@ impl Default for BreakerConfig {
             max_concurrent_requests: 1024,
             max_pending: 1024,
             failure_statuses: vec![(500, 599)],
+            failure_grpc_statuses: crate::proxy::grpc::GrpcStatusSet::new(
+                &DEFAULT_FAILURE_GRPC_STATUSES,
+            ),
         }
     }
 }

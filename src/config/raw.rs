@@ -149,6 +149,7 @@ pub struct RawBreaker {
     pub max_concurrent_requests: Option<Spanned<u32>>,
     pub max_pending: Option<u32>,
     pub failure_statuses: Option<Vec<Spanned<toml::Value>>>,
+    pub failure_grpc_statuses: Option<Vec<Spanned<toml::Value>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,6 +7,7 @@ use super::raw::*;
 use crate::layers::breaker::state::BreakerSettings;
 use crate::layers::breaker::window::WindowSettings;
 use crate::layers::outlier::ejection::OutlierSettings;
+use crate::proxy::grpc::GrpcStatusSet;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -733,6 +734,22 @@ fn breaker(raw: RawBreaker, d: &mut Diagnostics) -> BreakerConfig {
             }
         }
     }
+    let failure_grpc_statuses = match raw.failure_grpc_statuses {
+        None => GrpcStatusSet::new(&super::model::DEFAULT_FAILURE_GRPC_STATUSES),
+        Some(list) => {
+            let mut codes = Vec::new();
+            for s in list {
+                match grpc_status_code(s.get_ref()) {
+                    Some(c) => codes.push(c),
+                    None => d.at(
+                        s.span(),
+                        r#"failure_grpc_statuses entries are gRPC status codes 0..=16 (14) or their names ("UNAVAILABLE")"#,
+                    ),
+                }
+            }
+            GrpcStatusSet::new(&codes)
+        }
+    };
     BreakerConfig {
         settings: BreakerSettings {
             failure_rate_threshold: ratio(
@@ -767,6 +784,39 @@ fn breaker(raw: RawBreaker, d: &mut Diagnostics) -> BreakerConfig {
         max_concurrent_requests,
         max_pending: raw.max_pending.unwrap_or(1024),
         failure_statuses,
+        failure_grpc_statuses,
+    }
+}
+
+/// The gRPC status codes by number or by their canonical names.
+const GRPC_STATUS_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+fn grpc_status_code(v: &toml::Value) -> Option<u32> {
+    match v {
+        toml::Value::Integer(n) if (0..=16).contains(n) => Some(*n as u32),
+        toml::Value::String(s) => GRPC_STATUS_NAMES
+            .iter()
+            .position(|name| name.eq_ignore_ascii_case(s))
+            .map(|i| i as u32),
+        _ => None,
     }
 }
 

@@ -178,7 +178,31 @@ where
                 breaker,
                 ticket: Some(ticket),
             };
-            let result = inner.call(call).await;
+            let mut result = inner.call(call).await;
+            if let Ok(crate::proxy::call::Answer {
+                deferred: Some(deferred),
+                at,
+                ..
+            }) = &mut result
+            {
+                // A gRPC call judged by the `grpc-status` in its trailers: the ticket (and a
+                // half-open trial slot) is held until the body ends. Slowness is still measured
+                // to the response head, as for any streamed response.
+                let elapsed = *at - started;
+                upstream.metrics.duration.observe(elapsed.as_secs_f64());
+                if let Some(ticket) = guard.ticket.take() {
+                    let upstream = upstream.clone();
+                    deferred.on_settled(move |failed, now| match failed {
+                        Some(failed) => {
+                            upstream
+                                .breaker
+                                .record(ticket, CallResult { failed, elapsed }, now)
+                        }
+                        None => upstream.breaker.cancel(ticket),
+                    });
+                }
+                return result;
+            }
             // No verdict for calls refused before reaching the upstream or failed by the client.
             let Some(failed) = upstream.verdict(&result) else {
                 return result;

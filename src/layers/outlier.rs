@@ -56,19 +56,43 @@ where
         let mut inner = self.inner.clone();
         Box::pin(async move {
             let endpoint = call.endpoint;
-            let result = inner.call(call).await;
+            let mut result = inner.call(call).await;
+            if let Ok(Answer {
+                deferred: Some(deferred),
+                ..
+            }) = &mut result
+            {
+                // A gRPC call: judged when its trailers bring the final `grpc-status`.
+                let upstream = upstream.clone();
+                deferred.on_settled(move |failed, now| {
+                    if let Some(failed) = failed {
+                        record(&upstream, endpoint, failed, now);
+                    }
+                });
+                return result;
+            }
             let Some(failed) = upstream.verdict(&result) else {
                 return result;
             };
-            upstream.history.record(failed);
-            if let Some(ep) = upstream.endpoints.get(endpoint) {
-                ep.requests.fetch_add(1, Ordering::Relaxed);
-                if failed {
-                    ep.failures.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            upstream.judge_endpoint(endpoint, failed, crate::proxy::call::finished_at(&result));
+            record(
+                &upstream,
+                endpoint,
+                failed,
+                crate::proxy::call::finished_at(&result),
+            );
             result
         })
     }
+}
+
+/// Counts one answer of `endpoint` and feeds it to outlier detection.
+fn record(upstream: &Upstream, endpoint: usize, failed: bool, now: tokio::time::Instant) {
+    upstream.history.record(failed);
+    if let Some(ep) = upstream.endpoints.get(endpoint) {
+        ep.requests.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            ep.failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    upstream.judge_endpoint(endpoint, failed, now);
 }

@@ -231,6 +231,8 @@ pub struct ResponseBody {
     charge: Option<(std::sync::Arc<crate::upstream::Upstream>, usize)>,
     /// Keeps a parkable connection busy until this body is sent or abandoned.
     busy: Option<Busy>,
+    /// A gRPC call's verdict waiting for the trailers, and the client's deadline.
+    grpc: Option<Box<super::grpc::GrpcStream>>,
 }
 
 enum ResponseInner {
@@ -277,7 +279,21 @@ impl ResponseBody {
             on_complete: None,
             charge: None,
             busy: None,
+            grpc: None,
         }
+    }
+
+    /// Makes this a gRPC response body: `verdict` is settled by the trailers' `grpc-status`
+    /// (then this body no longer charges late failures: the verdict does), and at `deadline`
+    /// the upstream's stream is dropped (reset, which cancels the call upstream) and the client
+    /// gets DEADLINE_EXCEEDED trailers.
+    pub fn grpc(
+        mut self,
+        verdict: Option<Box<super::grpc::DeferredVerdict>>,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Self {
+        self.grpc = super::grpc::GrpcStream::new(verdict, deadline);
+        self
     }
 
     /// Charges `endpoint` of `upstream` (breaker and outlier detection) if this body fails.
@@ -310,6 +326,14 @@ impl ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
+        let ended = self.is_end_stream();
+        if let Some(grpc) = &mut self.grpc {
+            // Ended without trailers (INTERNAL to a gRPC client); otherwise the client went
+            // away first, and the dropped verdict says nothing about the upstream.
+            if grpc.is_pending() && ended {
+                grpc.settle(super::grpc::GrpcEnd::Status(super::grpc::INTERNAL));
+            }
+        }
         if !self.done {
             let finished = self.is_end_stream();
             self.finish(finished);
@@ -326,6 +350,16 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
         let this = self.get_mut();
+        if let Some(grpc) = &mut this.grpc {
+            if !this.done && grpc.deadline_passed(cx) {
+                // Dropping the upstream's body resets its stream: the call is cancelled there.
+                this.inner = ResponseInner::Full(None);
+                this.charge = None;
+                grpc.settle(super::grpc::GrpcEnd::Status(super::grpc::DEADLINE_EXCEEDED));
+                this.grpc = None;
+                return Poll::Ready(Some(Ok(Frame::trailers(super::grpc::deadline_trailers()))));
+            }
+        }
         let frame = match &mut this.inner {
             ResponseInner::Full(b) => b.take().map(|b| Ok(Frame::data(b))),
             ResponseInner::Upstream(body, idle) => match Pin::new(body).poll_frame(cx) {
@@ -355,16 +389,28 @@ impl Body for ResponseBody {
             Some(Ok(f)) => {
                 if let Some(d) = f.data_ref() {
                     this.sent += d.len() as u64;
+                } else if let (Some(t), Some(grpc)) = (f.trailers_ref(), &mut this.grpc) {
+                    grpc.on_trailers(t);
                 }
             }
             Some(Err(_)) => {
-                // The upstream failed after its headers were judged a success: charge it now.
-                if let Some((upstream, endpoint)) = this.charge.take() {
-                    upstream.late_failure(endpoint);
+                match &mut this.grpc {
+                    Some(grpc) if grpc.is_pending() => grpc.settle(super::grpc::GrpcEnd::Broken),
+                    // The upstream failed after its headers were judged a success: charge it now.
+                    _ => {
+                        if let Some((upstream, endpoint)) = this.charge.take() {
+                            upstream.late_failure(endpoint);
+                        }
+                    }
                 }
                 this.finish(false)
             }
-            None => this.finish(true),
+            None => {
+                if let Some(grpc) = &mut this.grpc {
+                    grpc.settle(super::grpc::GrpcEnd::Status(super::grpc::INTERNAL));
+                }
+                this.finish(true)
+            }
         }
         Poll::Ready(frame)
     }

@@ -100,6 +100,10 @@ pub struct Answer {
     pub endpoint: usize,
     /// When the response head arrived: the one clock reading the layers share on the way out.
     pub at: Instant,
+    /// Set for a gRPC response whose `grpc-status` is still to come in its trailers: layers
+    /// that judge the answer attach their bookkeeping here instead of recording at the head,
+    /// and the response body settles it when the call really ends.
+    pub deferred: Option<Box<super::grpc::DeferredVerdict>>,
 }
 
 /// When `result` arrived: the answer's own reading, or now for a failure.

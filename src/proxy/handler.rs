@@ -5,6 +5,7 @@ use super::access_log::{self, AccessLog};
 use super::body::{ClientBody, RequestBody, ResponseBody};
 use super::call::Call;
 use super::forward::{self, Peer};
+use super::grpc;
 use super::route::normalize_host;
 use crate::error::ProxyError;
 use crate::metrics::status_class;
@@ -46,6 +47,8 @@ pub async fn handle(
         .map(|a| a.begin(forward::wants_close(req.version(), req.headers())));
     // A guard, not inc/dec: the future is dropped mid-way when the client goes away.
     let in_flight = InFlight::new(&shared.metrics.in_flight);
+    // levee's own answers to a gRPC request are gRPC answers.
+    let grpc = grpc::is_grpc_request(req.headers());
     let snapshot = shared.snapshot.load_full();
     let log = access_log::enabled();
     let method = req.method().clone();
@@ -71,6 +74,7 @@ pub async fn handle(
         }),
         started,
         log,
+        grpc,
     );
     let (resp, route, endpoint, host) = match routed {
         Routed::Done(outcome) => outcome,
@@ -79,8 +83,9 @@ pub async fn handle(
             call,
             upgrade,
             host,
+            grpc_deadline,
         } => match route.stack.clone().oneshot(call).await {
-            Ok(answer) => match respond(route, answer, upgrade) {
+            Ok(answer) => match respond(route, answer, upgrade, grpc_deadline) {
                 Ok((resp, endpoint)) => (Ok(resp), Some(route), Some(endpoint), host),
                 Err(e) => (Err(e), Some(route), None, host),
             },
@@ -97,7 +102,12 @@ pub async fn handle(
             if e.side() == crate::error::Side::Upstream {
                 tracing::debug!(error = %e, "upstream failure");
             }
-            (e.into_response(), kind)
+            let resp = if grpc {
+                grpc::trailers_only(e)
+            } else {
+                e.into_response()
+            };
+            (resp, kind)
         }
     };
     if let Some(busy) = busy {
@@ -171,6 +181,8 @@ enum Routed<'a> {
         call: Call,
         upgrade: Option<ClientUpgrade>,
         host: Option<String>,
+        /// The client's gRPC deadline (`grpc-timeout`), enforced on the response body too.
+        grpc_deadline: Option<Instant>,
     },
 }
 
@@ -180,6 +192,7 @@ fn proxy<'a>(
     req: Request<ClientBody>,
     started: Instant,
     log: bool,
+    grpc: bool,
 ) -> Routed<'a> {
     let settings = &conn.listener.config;
     if req.method() == Method::CONNECT {
@@ -237,26 +250,29 @@ fn proxy<'a>(
     // Kept only for the access log: no allocation per request when it is off.
     let host = log.then(|| host.into_owned());
     let raw_host = raw_host.unwrap_or(HeaderValue::from_static(""));
-    match prepare(route, conn, req, &raw_host, started) {
-        Ok((call, upgrade)) => Routed::Call {
+    match prepare(route, conn, req, &raw_host, started, grpc) {
+        Ok((call, upgrade, grpc_deadline)) => Routed::Call {
             route,
             call,
             upgrade,
             host,
+            grpc_deadline,
         },
         Err(e) => Routed::Done((Err(e), Some(route), None, host)),
     }
 }
 
 /// The call for `route`'s stack: the request checked against the route's limits, its headers
-/// rewritten for the upstream, and the client side of an upgrade if it asks for one.
+/// rewritten for the upstream, the client side of an upgrade if it asks for one, and a gRPC
+/// request's deadline.
 fn prepare(
     route: &Route,
     conn: &ConnContext,
     mut req: Request<ClientBody>,
     raw_host: &HeaderValue,
     started: Instant,
-) -> Result<(Call, Option<ClientUpgrade>), ProxyError> {
+    grpc: bool,
+) -> Result<(Call, Option<ClientUpgrade>, Option<Instant>), ProxyError> {
     let settings = &conn.listener.config;
     let max_body = route.config.max_body;
     if let Some(max) = max_body {
@@ -288,7 +304,21 @@ fn prepare(
         },
     );
     let headers = upstream_req.headers_mut();
+    // gRPC servers require `te: trailers` over HTTP/2; the one value of a hop-by-hop header
+    // that is forwarded, and only to HTTP/2 upstreams.
+    let te_trailers = route.upstream.config.protocol == crate::config::UpstreamProtocol::H2
+        && forward::te_accepts_trailers(headers);
     forward::strip_hop_by_hop(headers, upgrade);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    // The client's deadline bounds the wait for the response head (the route's timeout still
+    // applies if it is shorter), and then the whole response (`ResponseBody::grpc`).
+    let grpc_deadline = if grpc {
+        grpc::deadline(headers, started)
+    } else {
+        None
+    };
     forward::add_forwarding_headers(headers, &peer, raw_host, version);
     if !headers.contains_key(header::HOST) && !raw_host.is_empty() {
         headers.insert(header::HOST, raw_host.clone());
@@ -298,12 +328,14 @@ fn prepare(
         req: super::call::CallRequest::new(upstream_req),
         client_ip,
         started,
-        deadline: started + route.config.timeout,
+        deadline: grpc_deadline.map_or(started + route.config.timeout, |d| {
+            d.min(started + route.config.timeout)
+        }),
         endpoint: 0,
         avoid: None,
         picked: None,
     };
-    Ok((call, client_upgrade))
+    Ok((call, client_upgrade, grpc_deadline))
 }
 
 /// The client's response from the upstream's answer; a 101 starts the tunnel.
@@ -311,8 +343,10 @@ fn respond(
     route: &Route,
     answer: crate::proxy::call::Answer,
     client_upgrade: Option<ClientUpgrade>,
+    grpc_deadline: Option<Instant>,
 ) -> Result<(Response<ResponseBody>, usize), ProxyError> {
     let endpoint = answer.endpoint;
+    let deferred = answer.deferred;
     let mut resp = answer.resp;
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -363,12 +397,14 @@ fn respond(
     // gets levee's HTTP/1.1, with a close-delimited body re-framed as chunked and keep-alive
     // kept (hyper still answers an HTTP/1.0 client in HTTP/1.0).
     parts.version = Version::HTTP_11;
+    let body = ResponseBody::upstream(body, route.config.timeout);
+    // A deferred gRPC verdict judges a broken body itself; other bodies charge late failures.
+    let body = match deferred {
+        None => body.charge_failures_to(route.upstream.clone(), endpoint),
+        Some(_) => body,
+    };
     Ok((
-        Response::from_parts(
-            parts,
-            ResponseBody::upstream(body, route.config.timeout)
-                .charge_failures_to(route.upstream.clone(), endpoint),
-        ),
+        Response::from_parts(parts, body.grpc(deferred, grpc_deadline)),
         endpoint,
     ))
 }

@@ -27,6 +27,9 @@ type Connector = TrackingConnector<HttpsConnector<HttpConnector>>;
 #[derive(Clone)]
 pub struct UpstreamClient {
     client: Client<Connector, RequestBody>,
+    /// For HTTP/2 upstreams: a client per endpoint whose connector always dials that endpoint,
+    /// so a request's URI can carry the client's host as `:authority` (see `send_hyper`).
+    h2: Option<Box<[Client<Connector, RequestBody>]>>,
     /// For plain-TCP HTTP/1.1 upstreams: levee's own client for bodiless and buffered requests.
     direct: Option<Arc<DirectClient>>,
     scheme: Scheme,
@@ -89,14 +92,39 @@ impl UpstreamClient {
             );
         let direct = (config.protocol == UpstreamProtocol::Http1 && config.tls.is_none())
             .then(|| Arc::new(DirectClient::new(config)));
+        let scheme = if config.tls.is_some() {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        };
+        let h2 = match config.protocol {
+            UpstreamProtocol::Http1 => None,
+            UpstreamProtocol::H2 => Some(
+                config
+                    .endpoints
+                    .iter()
+                    .map(|e| {
+                        let dial = Uri::builder()
+                            .scheme(scheme.clone())
+                            .authority(e.as_str())
+                            .path_and_query("/")
+                            .build()
+                            .map_err(|_| {
+                                format!(
+                                    "upstream \"{}\": endpoint \"{e}\" is not a valid HOST:PORT",
+                                    config.name
+                                )
+                            })?;
+                        Ok(b.build(TrackingConnector(connector.clone(), Some(dial))))
+                    })
+                    .collect::<Result<Box<[_]>, String>>()?,
+            ),
+        };
         Ok(UpstreamClient {
-            client: b.build(TrackingConnector(connector)),
+            h2,
+            client: b.build(TrackingConnector(connector, None)),
             direct,
-            scheme: if config.tls.is_some() {
-                Scheme::HTTPS
-            } else {
-                Scheme::HTTP
-            },
+            scheme,
             version: match config.protocol {
                 UpstreamProtocol::Http1 => Version::HTTP_11,
                 UpstreamProtocol::H2 => Version::HTTP_2,
@@ -121,7 +149,7 @@ impl UpstreamClient {
                 .await?
                 .map(UpstreamBody::Direct)),
             _ => Ok(self
-                .send_hyper(req.into_owned()?, authority)
+                .send_hyper(req.into_owned()?, endpoint, authority)
                 .await?
                 .map(UpstreamBody::Hyper)),
         }
@@ -134,11 +162,27 @@ impl UpstreamClient {
             .map_or(0, |d| d.idle_connections(endpoint))
     }
 
+    /// Sends over hyper's pooled client. Over HTTP/2 the upstream sees the request's `Host` as
+    /// `:authority` and no `host` header, as a strict server (hypercorn, gRPC) requires: the
+    /// endpoint's own client dials the endpoint whatever the URI says, and its pool is keyed by
+    /// that authority, so requests for different hosts use different connections.
     async fn send_hyper(
         &self,
         mut req: Request<RequestBody>,
+        endpoint: usize,
         authority: &Authority,
     ) -> Result<Response<Incoming>, ProxyError> {
+        let (client, authority) = match self.h2.as_ref().and_then(|c| c.get(endpoint)) {
+            Some(client) => {
+                let host = req
+                    .headers_mut()
+                    .remove(http::header::HOST)
+                    .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                    .filter(|a| !a.as_str().contains('@'));
+                (client, host.unwrap_or_else(|| authority.clone()))
+            }
+            None => (&self.client, authority.clone()),
+        };
         let path = req
             .uri()
             .path_and_query()
@@ -146,7 +190,7 @@ impl UpstreamClient {
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         let uri = Uri::builder()
             .scheme(self.scheme.clone())
-            .authority(authority.clone())
+            .authority(authority)
             .path_and_query(path)
             .build()
             .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
@@ -157,12 +201,12 @@ impl UpstreamClient {
         }
         // What it takes to send the request again if a pooled connection turns out to be dead.
         let replay = replayable(&req);
-        let resp = match self.client.request(req).await {
+        let resp = match client.request(req).await {
             Ok(resp) => answered(resp),
             Err(err) => match replay {
                 Some(again) if is_stale_connection(&err) => {
                     tracing::debug!(error = %err, "pooled connection was closed; sending again");
-                    self.client
+                    client
                         .request(again.into_request())
                         .await
                         .map(answered)
@@ -328,8 +372,9 @@ struct ConnUse(Arc<AtomicBool>);
 
 /// Wraps the connector so each connection carries a [`ConnUse`] flag in its `Connected` info:
 /// hyper-util hands it back with every response and every send error on that connection.
+/// With a `dial` URI it connects there whatever the request's URI names (an HTTP/2 endpoint).
 #[derive(Clone)]
-pub struct TrackingConnector<C>(C);
+pub struct TrackingConnector<C>(C, Option<Uri>);
 
 impl<C> tower::Service<Uri> for TrackingConnector<C>
 where
@@ -345,7 +390,7 @@ where
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = self.0.call(uri);
+        let connecting = self.0.call(self.1.clone().unwrap_or(uri));
         Box::pin(async move {
             let io = connecting.await?;
             Ok(Tracked {
@@ -472,6 +517,7 @@ impl tower::Service<crate::proxy::call::Call> for ClientService {
                 .await
                 .map_err(|_| ProxyError::UpstreamTimeout)??;
             Ok(crate::proxy::call::Answer {
+                deferred: upstream.defer_verdict(&resp),
                 resp,
                 endpoint,
                 at: tokio::time::Instant::now(),

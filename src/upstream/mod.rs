@@ -107,21 +107,54 @@ impl Upstream {
     }
 
     /// Whether a call's outcome counts against the upstream: `Some(true)` for a connect error,
-    /// reset, timeout or a `failure_statuses` answer; `None` when the upstream was never asked or
-    /// the client caused the failure, which says nothing about the upstream's health.
+    /// reset, timeout, a `failure_statuses` answer or a trailers-only gRPC answer with a
+    /// `failure_grpc_statuses` status; `None` when the upstream was never asked or the client
+    /// caused the failure, which says nothing about the upstream's health, and for a gRPC
+    /// answer whose status is still to come (`Answer::deferred`).
     pub fn verdict(
         &self,
         result: &Result<crate::proxy::call::Answer, crate::error::ProxyError>,
     ) -> Option<bool> {
         match result {
+            Ok(a) if a.deferred.is_some() => None,
             Ok(a) => Some(
                 self.config
                     .breaker
-                    .is_failure_status(a.resp.status().as_u16()),
+                    .is_failure_status(a.resp.status().as_u16())
+                    || self.grpc_status_in_head(&a.resp).is_some_and(|code| {
+                        self.config.breaker.failure_grpc_statuses.contains(code)
+                    }),
             ),
             Err(e) if e.is_upstream_failure() => Some(true),
             Err(_) => None,
         }
+    }
+
+    /// The `grpc-status` of a trailers-only gRPC answer (an HTTP 200 gRPC response that carries
+    /// it in its headers).
+    fn grpc_status_in_head<B>(&self, resp: &http::Response<B>) -> Option<u32> {
+        if resp.status() != http::StatusCode::OK {
+            return None;
+        }
+        let status = crate::proxy::grpc::status_in(resp.headers())?;
+        crate::proxy::grpc::is_grpc_response(resp.headers()).then_some(status)
+    }
+
+    /// For a gRPC answer whose `grpc-status` will come in its trailers, the verdict that its
+    /// body settles; `None` for every other answer, which is judged at its head.
+    pub fn defer_verdict<B: http_body::Body>(
+        &self,
+        resp: &http::Response<B>,
+    ) -> Option<Box<crate::proxy::grpc::DeferredVerdict>> {
+        let grpc = resp.status() == http::StatusCode::OK
+            && !resp.body().is_end_stream()
+            && !resp.headers().contains_key(crate::proxy::grpc::GRPC_STATUS)
+            && crate::proxy::grpc::is_grpc_response(resp.headers());
+        grpc.then(|| {
+            Box::new(crate::proxy::grpc::DeferredVerdict::new(
+                self.config.breaker.failure_grpc_statuses,
+            ))
+        })
     }
 
     /// A response that was counted as a success broke mid-body (reset, stall): count it against

@@ -9,6 +9,7 @@ mod faults;
 mod framing;
 mod fuzz_corpus;
 mod global_limit;
+mod grpc;
 mod hostile;
 mod keepalive;
 mod lifecycle;

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod fault;
+pub mod grpc;
 pub mod origin;
 pub mod proxy;
 pub mod raw;
