@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod deadline;
 pub mod demo;
 pub mod error;
 pub mod fuzzing;

@@ -76,7 +76,7 @@ pub async fn serve_plain(
     let idle_timeout = listener.config.header_read_timeout;
     let mut stream = stream;
     // A connection that never sends a byte is held no longer than one that stalls mid-head.
-    let deadline = activity.idle_since() + idle_timeout;
+    let deadline = crate::deadline::after(activity.idle_since(), idle_timeout);
     let start = tokio::select! {
         biased;
         _ = stop.changed() => return,
@@ -162,7 +162,8 @@ async fn serve_http1(
         if parked && unparsed.is_empty() {
             // Parked: nothing but the socket, until it has bytes (or EOF) to read.
             let _parked = Parked::new(&shared.metrics.parked);
-            tick.as_mut().reset(activity.idle_since() + idle_timeout);
+            tick.as_mut()
+                .reset(crate::deadline::after(activity.idle_since(), idle_timeout));
             let mut probe = [0u8; 1];
             tokio::select! {
                 biased;
