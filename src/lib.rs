@@ -17,6 +17,7 @@ pub mod park;
 pub mod proxy;
 pub mod redis;
 pub mod runtime;
+pub mod send_timeout;
 pub mod server;
 pub mod shared;
 pub mod snapshot;

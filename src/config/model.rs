@@ -48,6 +48,11 @@ pub struct ListenerConfig {
     pub max_headers: usize,
     pub max_connections: usize,
     pub http2_max_concurrent_streams: u32,
+    /// Response bytes buffered per HTTP/2 stream for a client that does not read; also the
+    /// stream's receive window.
+    pub http2_stream_buffer: u32,
+    /// A client that accepts no response bytes for this long is disconnected.
+    pub send_timeout: Duration,
     pub trusted_proxies: Vec<Cidr>,
     pub tls: Option<ListenerTls>,
 }

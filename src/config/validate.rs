@@ -183,10 +183,52 @@ fn listener(
         max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
         max_headers: raw.max_headers.unwrap_or(100),
         max_connections: raw.max_connections.unwrap_or(10_000),
-        http2_max_concurrent_streams: raw.http2_max_concurrent_streams.unwrap_or(256),
+        http2_max_concurrent_streams: listener_streams(raw.http2_max_concurrent_streams, d),
+        http2_stream_buffer: listener_stream_buffer(raw.http2_stream_buffer, d),
+        send_timeout: match raw.send_timeout {
+            None => Duration::from_secs(60),
+            Some(t) if t.get_ref().0.is_zero() => {
+                d.at(t.span(), r#"send_timeout must be more than 0, like "60s""#);
+                Duration::from_secs(60)
+            }
+            Some(t) => t.into_inner().0,
+        },
         trusted_proxies: trusted,
         tls,
     })
+}
+
+/// `http2_max_concurrent_streams`: 1..=10000, default 100 (nginx's and Envoy's are 128 and 100).
+fn listener_streams(raw: Option<Spanned<u32>>, d: &mut Diagnostics) -> u32 {
+    match raw {
+        None => 100,
+        Some(n) if (1..=10_000).contains(n.get_ref()) => n.into_inner(),
+        Some(n) => {
+            d.at(
+                n.span(),
+                "http2_max_concurrent_streams must be 1..=10000 (default 100)",
+            );
+            100
+        }
+    }
+}
+
+/// `http2_stream_buffer`: 16KiB..=16MiB (one HTTP/2 frame up to a window's worth), default 64KiB.
+fn listener_stream_buffer(raw: Option<Spanned<super::units::Size>>, d: &mut Diagnostics) -> u32 {
+    const DEFAULT: u32 = 64 * 1024;
+    match raw {
+        None => DEFAULT,
+        Some(s) if (16 * 1024..=16 * 1024 * 1024).contains(&s.get_ref().0) => {
+            u32::try_from(s.get_ref().0).unwrap_or(DEFAULT)
+        }
+        Some(s) => {
+            d.at(
+                s.span(),
+                r#"http2_stream_buffer must be between "16KiB" and "16MiB" (default "64KiB")"#,
+            );
+            DEFAULT
+        }
+    }
 }
 
 fn ratio(v: &Option<Spanned<f64>>, default: f64, key: &str, d: &mut Diagnostics) -> f64 {

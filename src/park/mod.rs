@@ -27,6 +27,7 @@ pub use activity::{Busy, ConnActivity, Upgraded};
 use rewind::Rewind;
 
 use crate::proxy::handler::{handle, ConnContext};
+use crate::send_timeout::SendTimeout;
 use crate::shared::Shared;
 use crate::snapshot::ListenerRuntime;
 use bytes::Bytes;
@@ -97,7 +98,8 @@ pub async fn serve_plain(
             let svc = service_fn(move |req| handle(shared.clone(), ctx.clone(), req));
             // Boxed: the auto connection is large, and inline it would size every parked
             // HTTP/1 connection's task too.
-            let io = TokioIo::new(Rewind::new(stream, read));
+            let send_timeout = listener.config.send_timeout;
+            let io = TokioIo::new(SendTimeout::new(Rewind::new(stream, read), send_timeout));
             let conn =
                 Box::pin(watcher.watch(listener.builder.serve_connection_with_upgrades(io, svc)));
             if let Err(e) = conn.await {
@@ -179,7 +181,10 @@ async fn serve_http1(
             }
         }
 
-        let io = TokioIo::new(Rewind::keeping_open(stream, std::mem::take(&mut unparsed)));
+        let io = TokioIo::new(SendTimeout::new(
+            Rewind::keeping_open(stream, std::mem::take(&mut unparsed)),
+            ctx.listener.config.send_timeout,
+        ));
         let svc = {
             let (shared, ctx) = (shared.clone(), ctx.clone());
             service_fn(move |req| handle(shared.clone(), ctx.clone(), req))
@@ -214,7 +219,7 @@ async fn serve_http1(
             }
         };
         let parts = conn.into_parts();
-        let (socket, rest) = parts.io.into_inner().into_parts();
+        let (socket, rest) = parts.io.into_inner().into_inner().into_parts();
         stream = socket;
         if let Err(e) = ended {
             tracing::debug!(%peer, error = %e, "connection ended with an error");
