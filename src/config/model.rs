@@ -26,6 +26,8 @@ pub struct AdminConfig {
     pub watch: bool,
     pub allow_actions: bool,
     pub drain_timeout: Duration,
+    /// Host names the admin listener answers besides IP addresses and `localhost`, lowercase.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for AdminConfig {
@@ -35,6 +37,7 @@ impl Default for AdminConfig {
             watch: false,
             allow_actions: false,
             drain_timeout: Duration::from_secs(30),
+            allowed_hosts: Vec::new(),
         }
     }
 }

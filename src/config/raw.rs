@@ -26,6 +26,7 @@ pub struct RawAdmin {
     pub watch: Option<bool>,
     pub allow_actions: Option<bool>,
     pub drain_timeout: Option<Dur>,
+    pub allowed_hosts: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -73,6 +73,24 @@ fn admin(raw: Option<RawAdmin>, d: &mut Diagnostics) -> AdminConfig {
     if let Some(t) = raw.drain_timeout {
         admin.drain_timeout = t.0;
     }
+    for h in raw.allowed_hosts.unwrap_or_default() {
+        let name = h.get_ref().trim().trim_end_matches('.').to_ascii_lowercase();
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if valid {
+            admin.allowed_hosts.push(name);
+        } else {
+            d.at(
+                h.span(),
+                format!(
+                    r#"invalid host name "{}" in allowed_hosts: write a DNS name without port, like "admin.internal""#,
+                    h.get_ref()
+                ),
+            );
+        }
+    }
     admin
 }
 
@@ -389,15 +407,19 @@ fn redis(raw: RawRedis, d: &mut Diagnostics) -> RedisConfig {
     let mut c = RedisConfig::default();
     if let Some(url) = &raw.url {
         let u = url.get_ref();
-        let scheme_ok = u.starts_with("redis://") || u.starts_with("rediss://");
-        match u.parse::<http::Uri>() {
-            Ok(parsed) if scheme_ok && parsed.host().is_some_and(|h| !h.is_empty()) => {
+        // Parsed as the Redis client parses it, so what passes here is what it connects to (a
+        // password holding `/`, `?`, `#` or `@` must be percent-encoded).
+        match url::Url::parse(u) {
+            Ok(parsed)
+                if matches!(parsed.scheme(), "redis" | "rediss")
+                    && parsed.host_str().is_some_and(|h| !h.is_empty()) =>
+            {
                 c.url = u.clone();
             }
             _ => d.at(
                 url.span(),
                 format!(
-                    r#"invalid Redis url "{}": write "redis://HOST:PORT", "redis://:PASSWORD@HOST:PORT/DB" or "rediss://..." for TLS"#,
+                    r#"invalid Redis url "{}": write "redis://HOST:PORT", "redis://:PASSWORD@HOST:PORT/DB" (percent-encode `/`, `?`, `#`, `@` in the password) or "rediss://..." for TLS"#,
                     crate::redis::redact(u)
                 ),
             ),
