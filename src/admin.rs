@@ -38,7 +38,8 @@ pub fn spawn(listener: TcpListener, shared: Arc<Shared>, levee: Weak<Levee>) {
         tracing::info!(%addr, "admin listening");
     }
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -67,9 +68,7 @@ pub fn spawn(listener: TcpListener, shared: Arc<Shared>, levee: Weak<Levee>) {
             tokio::spawn(async move {
                 let _slot = slot;
                 let svc = service_fn(move |req| serve(shared.clone(), levee.clone(), req));
-                let _ = builder
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
             });
         }
     });
@@ -103,7 +102,10 @@ fn is_cross_site(req: &Request<Incoming>) -> bool {
 fn request_host(req: &Request<Incoming>) -> Option<&str> {
     match req.uri().authority() {
         Some(a) => Some(a.as_str()),
-        None => req.headers().get(header::HOST).and_then(|h| h.to_str().ok()),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok()),
     }
 }
 

@@ -23,7 +23,10 @@ mod tests {
     #[test]
     fn never_overflows() {
         let now = Instant::now();
-        assert_eq!(after(now, Duration::from_secs(5)), now + Duration::from_secs(5));
+        assert_eq!(
+            after(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
         assert!(after(now, Duration::MAX) > now + Duration::from_secs(3600 * 24 * 365));
         assert!(after(now, Duration::from_secs(18_000_000_000_000_000_000)) > now);
     }

@@ -296,7 +296,11 @@ pub fn h1_response(data: &[u8]) {
     let mut whole = BytesMut::from(input);
     let at_once = summary(parse(&mut whole, &method), &whole);
     if let Ok(None) = at_once {
-        assert!(whole.len() <= MAX_HEAD, "waits for more holding {} bytes", whole.len());
+        assert!(
+            whole.len() <= MAX_HEAD,
+            "waits for more holding {} bytes",
+            whole.len()
+        );
     }
     // The same bytes in two reads: a head split anywhere parses the same once it is complete.
     let split = usize::from(flags >> 2).min(input.len());
@@ -312,7 +316,10 @@ pub fn h1_response(data: &[u8]) {
                 // Decided on the first part: only a complete head or an error may do that, and
                 // the whole input must agree when it was an error.
                 if other.is_err() {
-                    assert!(at_once.is_err(), "a prefix was refused but the whole was not");
+                    assert!(
+                        at_once.is_err(),
+                        "a prefix was refused but the whole was not"
+                    );
                 }
                 return;
             }
@@ -351,7 +358,11 @@ pub fn h1_chunked(data: &[u8]) {
                         out.extend_from_slice(&x);
                     }
                     Ok(Decoded::NeedMore) => {
-                        assert!(buf.len() <= bound, "waits for more holding {} bytes", buf.len());
+                        assert!(
+                            buf.len() <= bound,
+                            "waits for more holding {} bytes",
+                            buf.len()
+                        );
                         break;
                     }
                     Ok(Decoded::Done) => return (out, Ok(true)),

@@ -442,7 +442,10 @@ mod tests {
     #[test]
     fn redact_hides_userinfo_only() {
         assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-        assert_eq!(redact("redis://127.0.0.1:6379/2"), "redis://127.0.0.1:6379/2");
+        assert_eq!(
+            redact("redis://127.0.0.1:6379/2"),
+            "redis://127.0.0.1:6379/2"
+        );
         assert_eq!(
             redact("redis://:s3cret@redis.internal:6379/2"),
             "redis://***@redis.internal:6379/2"

@@ -49,7 +49,9 @@ impl<T> SendTimeout<T> {
                 t.as_mut().reset(deadline);
                 t
             }
-            None => self.timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
+            None => self
+                .timer
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
         };
         self.stalled = true;
         match timer.as_mut().poll(cx) {

@@ -74,7 +74,11 @@ fn admin(raw: Option<RawAdmin>, d: &mut Diagnostics) -> AdminConfig {
         admin.drain_timeout = t.0;
     }
     for h in raw.allowed_hosts.unwrap_or_default() {
-        let name = h.get_ref().trim().trim_end_matches('.').to_ascii_lowercase();
+        let name = h
+            .get_ref()
+            .trim()
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
         let valid = !name.is_empty()
             && name
                 .bytes()

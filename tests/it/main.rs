@@ -12,6 +12,7 @@ mod hostile;
 mod keepalive;
 mod lifecycle;
 mod observability;
+mod peer_limits;
 mod resilience;
 mod tls;
 mod upstream_h1;
