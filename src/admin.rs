@@ -1,6 +1,14 @@
 //! The admin listener: the dashboard at `/`, `/healthz`, `/ready`, `/metrics`, `/status`, `POST /reload`.
 //! It binds loopback by default; actions that change traffic are refused on other addresses
 //! unless `[admin] allow_actions = true`.
+//!
+//! Hardened like the proxy listeners, since a flood of idle admin connections once exhausted
+//! the process's file descriptors and broke the proxy too: a request head must arrive within
+//! [`HEADER_READ_TIMEOUT`] (idle keep-alive connections included), and at most
+//! [`MAX_CONNECTIONS`] are served at once; further ones wait in the kernel's accept queue, not
+//! holding a descriptor, until one ends. Only requests whose `Host` is an IP address,
+//! `localhost` or a name in `[admin] allowed_hosts` are answered (403 otherwise): a page on
+//! another site that rebinds its DNS name to 127.0.0.1 sends its own name as `Host`.
 
 use crate::runtime::Levee;
 use crate::shared::Shared;
@@ -10,11 +18,17 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 use tokio::net::TcpListener;
+
+/// How long a client has to send a request head, and how long a keep-alive connection may idle.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Admin connections served at once; more wait to be accepted.
+pub const MAX_CONNECTIONS: usize = 64;
 
 /// The live dashboard: one self-contained page that polls `/status`.
 pub const DASHBOARD_HTML: &str = include_str!("dashboard.html");
@@ -23,8 +37,20 @@ pub fn spawn(listener: TcpListener, shared: Arc<Shared>, levee: Weak<Levee>) {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "admin listening");
     }
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let builder = Arc::new(builder);
     tokio::spawn(async move {
         loop {
+            // Wait for a free slot before accepting: a waiting client costs no descriptor.
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let (stream, _) = match listener.accept().await {
                 Ok(a) => a,
                 Err(e) => {
@@ -38,12 +64,11 @@ pub fn spawn(listener: TcpListener, shared: Arc<Shared>, levee: Weak<Levee>) {
             }
             let shared = shared.clone();
             let levee = levee.clone();
+            let builder = builder.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let svc = service_fn(move |req| serve(shared.clone(), levee.clone(), req));
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .http1_only()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
             });
         }
     });
@@ -70,6 +95,41 @@ fn is_cross_site(req: &Request<Incoming>) -> bool {
         .or_else(|| origin.strip_prefix("https://"))
         .is_some_and(|o| o.eq_ignore_ascii_case(host));
     !same
+}
+
+/// The host a request names this listener by (DNS-rebinding protection checks it): the
+/// absolute-form target's, else the `Host` header's.
+fn request_host(req: &Request<Incoming>) -> Option<&str> {
+    match req.uri().authority() {
+        Some(a) => Some(a.as_str()),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok()),
+    }
+}
+
+/// Whether `host` (a `Host` value, port and all) is an IP address, `localhost` or allowed.
+fn host_allowed(host: Option<&str>, allowed: &[String]) -> bool {
+    let Some(host) = host else { return false };
+    let name = match host.strip_prefix('[') {
+        // `[v6]` or `[v6]:port`
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, port)) if port.is_empty() || port.starts_with(':') => {
+                return v6.parse::<std::net::Ipv6Addr>().is_ok();
+            }
+            _ => return false,
+        },
+        None => match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            Some(_) => return false,
+            None => host,
+        },
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
 }
 
 fn text(
@@ -113,6 +173,16 @@ async fn serve(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     const PLAIN: &str = "text/plain; charset=utf-8";
     const JSON: &str = "application/json";
+    if !host_allowed(
+        request_host(&req),
+        &shared.snapshot.load().config.admin.allowed_hosts,
+    ) {
+        return Ok(text(
+            StatusCode::FORBIDDEN,
+            PLAIN,
+            "this admin listener answers requests for an IP address, localhost or a name in [admin] allowed_hosts\n",
+        ));
+    }
     let resp = match (req.method(), req.uri().path()) {
         (&Method::GET, "/") => dashboard(),
         (&Method::GET, "/healthz") => text(StatusCode::OK, PLAIN, "ok\n"),
@@ -183,4 +253,41 @@ async fn serve(
         _ => text(StatusCode::NOT_FOUND, PLAIN, "not found\n"),
     };
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_ip_addresses_localhost_and_allowed_names_pass() {
+        let allowed = vec!["admin.internal".to_string()];
+        for ok in [
+            "127.0.0.1",
+            "127.0.0.1:9901",
+            "10.1.2.3:80",
+            "[::1]",
+            "[::1]:9901",
+            "localhost",
+            "LocalHost:9901",
+            "localhost.:9901",
+            "admin.internal:9901",
+            "Admin.Internal",
+        ] {
+            assert!(host_allowed(Some(ok), &allowed), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:9901",
+            "127.0.0.1.evil.example",
+            "localhost.evil.example",
+            "[::1]x",
+            "[::1",
+            "127.0.0.1:x",
+            "",
+        ] {
+            assert!(!host_allowed(Some(bad), &allowed), "{bad}");
+        }
+        assert!(!host_allowed(None, &allowed), "no Host at all");
+    }
 }

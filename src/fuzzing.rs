@@ -266,6 +266,120 @@ pub fn headers(data: &[u8]) {
     }
 }
 
+/// The upstream HTTP/1 response-head parser on arbitrary bytes, as a hostile upstream sends
+/// them: never panics, gives the same answer whether the bytes arrive at once or split in two,
+/// and never asks for more input while holding a head larger than its limit.
+///
+/// Input: byte 0 picks the request method (bits 0-1) and the split point (the rest); then the
+/// bytes the upstream sends.
+pub fn h1_response(data: &[u8]) {
+    use crate::upstream::h1::response::{parse, MAX_HEAD};
+    use bytes::BytesMut;
+    let Some((&flags, input)) = data.split_first() else {
+        return;
+    };
+    let method = match flags & 3 {
+        0 => http::Method::GET,
+        1 => http::Method::HEAD,
+        2 => http::Method::POST,
+        _ => http::Method::CONNECT,
+    };
+    let summary = |r: Result<Option<crate::upstream::h1::response::Head>, _>, rest: &BytesMut| {
+        r.map(|h| {
+            h.map(|h| {
+                let framing = format!("{:?}", h.framing);
+                (h.status, h.headers, framing, h.keep_alive, rest.len())
+            })
+        })
+        .map_err(|e: crate::upstream::h1::H1Error| e.to_string())
+    };
+    let mut whole = BytesMut::from(input);
+    let at_once = summary(parse(&mut whole, &method), &whole);
+    if let Ok(None) = at_once {
+        assert!(
+            whole.len() <= MAX_HEAD,
+            "waits for more holding {} bytes",
+            whole.len()
+        );
+    }
+    // The same bytes in two reads: a head split anywhere parses the same once it is complete.
+    let split = usize::from(flags >> 2).min(input.len());
+    let mut buf = BytesMut::from(&input[..split]);
+    let first = parse(&mut buf, &method);
+    let split_answer = match first {
+        Ok(None) => {
+            buf.extend_from_slice(&input[split..]);
+            summary(parse(&mut buf, &method), &buf)
+        }
+        other => {
+            if split < input.len() {
+                // Decided on the first part: only a complete head or an error may do that, and
+                // the whole input must agree when it was an error.
+                if other.is_err() {
+                    assert!(
+                        at_once.is_err(),
+                        "a prefix was refused but the whole was not"
+                    );
+                }
+                return;
+            }
+            summary(other, &buf)
+        }
+    };
+    assert_eq!(
+        format!("{at_once:?}"),
+        format!("{split_answer:?}"),
+        "split at {split}"
+    );
+}
+
+/// The chunked body decoder on arbitrary bytes: never panics, decodes the same however the
+/// input is split into reads, and never asks for more input while holding more bytes than its
+/// line and trailer bounds allow (a hostile upstream cannot make it buffer without limit).
+///
+/// Input: byte 0 is the read size (1..=256); then the body bytes.
+pub fn h1_chunked(data: &[u8]) {
+    use crate::upstream::h1::chunked::{ChunkedDecoder, Decoded, MAX_SIZE_LINE, MAX_TRAILERS};
+    use bytes::BytesMut;
+    let Some((&step, input)) = data.split_first() else {
+        return;
+    };
+    let bound = MAX_SIZE_LINE.max(MAX_TRAILERS) + 2;
+    let run = |step: usize| -> (Vec<u8>, Result<bool, String>) {
+        let mut d = ChunkedDecoder::default();
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for piece in input.chunks(step) {
+            buf.extend_from_slice(piece);
+            loop {
+                match d.decode(&mut buf) {
+                    Ok(Decoded::Data(x)) => {
+                        assert!(!x.is_empty(), "an empty data piece");
+                        out.extend_from_slice(&x);
+                    }
+                    Ok(Decoded::NeedMore) => {
+                        assert!(
+                            buf.len() <= bound,
+                            "waits for more holding {} bytes",
+                            buf.len()
+                        );
+                        break;
+                    }
+                    Ok(Decoded::Done) => return (out, Ok(true)),
+                    Err(e) => return (out, Err(e.to_string())),
+                }
+            }
+        }
+        (out, Ok(false))
+    };
+    let (whole_out, whole) = run(input.len().max(1));
+    let (split_out, split) = run(usize::from(step).max(1));
+    assert_eq!(whole, split, "read size {step}");
+    if whole.is_ok() {
+        assert_eq!(whole_out, split_out, "read size {step}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,6 +396,8 @@ mod tests {
             config(data);
             router(data);
             headers(data);
+            h1_response(data);
+            h1_chunked(data);
         }
     }
 }

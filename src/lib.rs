@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod deadline;
 pub mod demo;
 pub mod error;
 pub mod fuzzing;
@@ -16,6 +17,7 @@ pub mod park;
 pub mod proxy;
 pub mod redis;
 pub mod runtime;
+pub mod send_timeout;
 pub mod server;
 pub mod shared;
 pub mod snapshot;

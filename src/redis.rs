@@ -49,27 +49,77 @@ redis.call('PEXPIRE', KEYS[1], math.ceil((tat - now) / 1000) + 1000)
 return {n, 0}
 "#;
 
-/// The URL with any password replaced, for logs and `/status`.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map(|(u, _)| u).unwrap_or(userinfo);
-            let redacted = if userinfo.contains(':') {
-                format!("{user}:***")
-            } else {
-                "***".to_string()
-            };
-            format!("{scheme}://{redacted}@{host}{path}")
+/// The URL with its userinfo (user and password) replaced by `***`, for logs, `levee check`,
+/// `/status` and the config hash.
+///
+/// The URL is parsed as the Redis client parses it (the `url` crate), so what the client would
+/// send as credentials is what is hidden. A URL the parser refuses is redacted by text, from
+/// the scheme to the *last* `@`: a password may hold `/`, `?`, `#` or `@` that a split at the
+/// first `/` would have shown.
+pub fn redact(raw: &str) -> String {
+    let parsed = url::Url::parse(raw).ok().and_then(|mut u| {
+        if u.username().is_empty() && u.password().is_none() {
+            return Some(u.to_string());
         }
-        None => url.to_string(),
+        u.set_password(None).ok()?;
+        u.set_username("***").ok()?;
+        Some(u.to_string())
+    });
+    // Anything `@` left after parsing (in a path or query) may be the tail of a password that
+    // the parser split elsewhere: then fall back to the text rule.
+    match parsed {
+        Some(p) if !p.contains('@') || p.matches('@').count() == 1 && p.contains("://***@") => p,
+        _ => redact_text(raw),
     }
+}
+
+fn redact_text(raw: &str) -> String {
+    let (scheme, rest) = raw.split_once("://").unwrap_or(("", raw));
+    match rest.rfind('@') {
+        Some(at) if scheme.is_empty() => format!("***@{}", &rest[at + 1..]),
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => raw.to_string(),
+    }
+}
+
+/// The secret parts of a URL (password, and user when there is one), for scrubbing them out of
+/// messages that may quote the URL (a client library's error, say).
+pub fn secrets(raw: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(u) = url::Url::parse(raw) {
+        if let Some(p) = u.password() {
+            out.push(p.to_string());
+            if let Ok(decoded) = percent_encoding::percent_decode_str(p).decode_utf8() {
+                out.push(decoded.into_owned());
+            }
+        }
+        if !u.username().is_empty() {
+            out.push(u.username().to_string());
+        }
+    }
+    if let Some((_, rest)) = raw.split_once("://") {
+        if let Some(at) = rest.rfind('@') {
+            out.push(rest[..at].to_string());
+            if let Some((_, pw)) = rest[..at].split_once(':') {
+                out.push(pw.to_string());
+            }
+        }
+    }
+    out.retain(|s| s.len() >= 3);
+    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    out.dedup();
+    out
+}
+
+/// `text` with every secret of `url` replaced by `***`.
+pub fn scrub(text: &str, url: &str) -> String {
+    let mut text = text.to_string();
+    for s in secrets(url) {
+        if text.contains(&s) {
+            text = text.replace(&s, "***");
+        }
+    }
+    text
 }
 
 /// Whether Redis answers, as the breaker sees it.
@@ -338,6 +388,8 @@ impl Redis {
         let changed = match r {
             Ok(()) => self.health.lock().success(),
             Err(e) => {
+                // A client library's message may quote the URL, password and all.
+                let e = scrub(&e, &self.config.url);
                 self.metrics.errors.inc();
                 let changed = self.health.lock().failure(Instant::now(), e.clone());
                 if changed.is_none() {
@@ -388,14 +440,43 @@ mod tests {
     use tokio::time::advance;
 
     #[test]
-    fn redact_hides_passwords_only() {
+    fn redact_hides_userinfo_only() {
         assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
         assert_eq!(
-            redact("redis://:s3cret@redis.internal:6379/2"),
-            "redis://:***@redis.internal:6379/2"
+            redact("redis://127.0.0.1:6379/2"),
+            "redis://127.0.0.1:6379/2"
         );
-        assert_eq!(redact("rediss://app:pw@r:6380"), "rediss://app:***@r:6380");
+        assert_eq!(
+            redact("redis://:s3cret@redis.internal:6379/2"),
+            "redis://***@redis.internal:6379/2"
+        );
+        assert_eq!(redact("rediss://app:pw@r:6380"), "rediss://***@r:6380");
         assert_eq!(redact("redis://token@r"), "redis://***@r");
+    }
+
+    #[test]
+    fn redact_survives_passwords_with_separators() {
+        for (url, password) in [
+            ("redis://:pa/ss@r:6379/0", "ss"),
+            ("redis://:a/b/c@r:6379", "b/c"),
+            ("redis://:p?q#x@r:6379", "q#x"),
+            ("redis://:p@ss@r:6379/1", "p@ss"),
+            ("redis://u:p%2Fw@r:6379", "p%2Fw"),
+            ("redis://:pa/ss@", "ss"),
+            ("not a url :secret/x@host", "secret"),
+        ] {
+            let r = redact(url);
+            assert!(!r.contains(password), "{url} -> {r}");
+            assert!(r.contains("***"), "{url} -> {r}");
+        }
+    }
+
+    #[test]
+    fn scrub_removes_passwords_from_messages() {
+        let url = "redis://:hunter2/x@r:6379";
+        let msg = "cannot connect to redis://:hunter2/x@r:6379 (password hunter2/x)";
+        let s = scrub(msg, url);
+        assert!(!s.contains("hunter2"), "{s}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -5,6 +5,7 @@
 
 use crate::config::ListenerConfig;
 use crate::proxy::handler::{handle, ConnContext};
+use crate::send_timeout::SendTimeout;
 use crate::shared::Shared;
 use crate::snapshot::ListenerRuntime;
 use hyper::server::conn::http1;
@@ -41,6 +42,10 @@ pub fn http_builder(cfg: &ListenerConfig) -> auto::Builder<TokioExecutor> {
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(cfg.http2_max_concurrent_streams)
+        // A client that does not read holds at most this much per stream (hyper's default is
+        // 400 KB; with the window it made ~0.5 MB per stream), and may send no more ahead.
+        .max_send_buf_size(cfg.http2_stream_buffer as usize)
+        .initial_stream_window_size(cfg.http2_stream_buffer)
         .max_header_list_size(u32::try_from(cfg.max_header_bytes * 2).unwrap_or(u32::MAX))
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10));
@@ -192,6 +197,7 @@ async fn serve_tls(
     watcher: Watcher,
 ) {
     let handshake_timeout = runtime.config.header_read_timeout;
+    let send_timeout = runtime.config.send_timeout;
     let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -212,7 +218,7 @@ async fn serve_tls(
     let svc = service_fn(move |req| handle(shared.clone(), ctx.clone(), req));
     let conn = runtime
         .builder
-        .serve_connection_with_upgrades(TokioIo::new(tls), svc);
+        .serve_connection_with_upgrades(TokioIo::new(SendTimeout::new(tls, send_timeout)), svc);
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }

@@ -37,11 +37,40 @@ pub fn parse(file: &str, text: &str, base_dir: &Path) -> Result<Config, ConfigEr
         return Err(ConfigErrors(Vec::new()));
     };
     validate::check_uniqueness(&raw, &mut d);
+    let secrets = secret_spans(&raw);
     let config = validate::validate(raw, base_dir, &mut d);
     d.finish()?;
     let mut config = config.ok_or_else(|| ConfigErrors(Vec::new()))?;
-    config.hash = content_hash(text);
+    config.hash = content_hash(&without_secrets(text, secrets));
     Ok(config)
+}
+
+/// Where the file holds secrets: the Redis URL (its password). Kept out of the `/status` hash,
+/// which anyone who can read `/status` could otherwise brute-force a short password from.
+fn secret_spans(raw: &raw::RawConfig) -> Vec<std::ops::Range<usize>> {
+    raw.redis
+        .as_ref()
+        .and_then(|r| r.get_ref().url.as_ref())
+        .map(|u| u.span())
+        .into_iter()
+        .collect()
+}
+
+/// The text with each secret span replaced by the redacted value, so the hash still changes
+/// when the rest of the URL (host, port, database) does.
+fn without_secrets(text: &str, mut spans: Vec<std::ops::Range<usize>>) -> String {
+    spans.sort_by_key(|s| std::cmp::Reverse(s.start));
+    let mut out = text.to_string();
+    for span in spans {
+        let Some(written) = out.get(span.clone()) else {
+            continue;
+        };
+        // The span covers the TOML string, quotes included; redact what is between them.
+        let inner = written.trim_matches(|c| c == '"' || c == '\'');
+        let redacted = format!("\"{}\"", crate::redis::redact(inner));
+        out.replace_range(span, &redacted);
+    }
+    out
 }
 
 /// Deserializes the file, reporting every key-level problem rather than only the first.
@@ -102,7 +131,8 @@ fn deserialize_all(text: &str, d: &mut Diagnostics) -> Option<raw::RawConfig> {
     None
 }
 
-/// FNV-1a of the file: stable across runs and platforms, enough to tell two files apart.
+/// FNV-1a of the file with its secrets redacted: stable across runs and platforms, enough to
+/// tell two files apart, and no help to anyone guessing a password.
 fn content_hash(text: &str) -> String {
     let mut h: u64 = 0xcbf29ce484222325;
     for b in text.bytes() {
@@ -156,6 +186,30 @@ mod tests {
             "{lines:#?}"
         );
         assert!(lines[1].starts_with("t.toml:9:34: "), "{lines:#?}");
+    }
+
+    #[test]
+    fn the_hash_does_not_depend_on_the_redis_password() {
+        let file = |url: &str, port: u16| {
+            format!("[[listener]]\nbind = \"127.0.0.1:{port}\"\n[[route]]\nupstream = \"app\"\n[route.rate_limit]\nrps = 5\nscope = \"global\"\n[[upstream]]\nname = \"app\"\nendpoints = [\"127.0.0.1:1\"]\n[redis]\nurl = \"{url}\"\n")
+        };
+        let hash = |text: String| parse("t.toml", &text, Path::new(".")).unwrap().hash;
+        let a = hash(file("redis://:hunter2@127.0.0.1:6379/0", 1));
+        let b = hash(file("redis://:other@127.0.0.1:6379/0", 1));
+        let c = hash(file("redis://:hunter2@127.0.0.1:6379/1", 1));
+        let d = hash(file("redis://:hunter2@127.0.0.1:6379/0", 2));
+        assert_eq!(a, b, "the password is not hashed");
+        assert_ne!(a, c, "the rest of the URL is");
+        assert_ne!(a, d, "and so is the rest of the file");
+    }
+
+    #[test]
+    fn durations_beyond_ten_years_are_refused_at_their_place() {
+        let text = "[[listener]]\nbind = \"127.0.0.1:0\"\n[[route]]\nupstream = \"app\"\ntimeout = \"18000000000000000000s\"\n[[upstream]]\nname = \"app\"\nendpoints = [\"127.0.0.1:1\"]\n";
+        let errors = parse("t.toml", text, Path::new(".")).unwrap_err();
+        assert_eq!(errors.0.len(), 1, "{errors}");
+        assert_eq!((errors.0[0].line, errors.0[0].column), (5, 11));
+        assert!(errors.0[0].message.contains("10 years"), "{errors}");
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct AdminConfig {
     pub watch: bool,
     pub allow_actions: bool,
     pub drain_timeout: Duration,
+    /// Host names the admin listener answers besides IP addresses and `localhost`, lowercase.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for AdminConfig {
@@ -35,6 +37,7 @@ impl Default for AdminConfig {
             watch: false,
             allow_actions: false,
             drain_timeout: Duration::from_secs(30),
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -48,6 +51,11 @@ pub struct ListenerConfig {
     pub max_headers: usize,
     pub max_connections: usize,
     pub http2_max_concurrent_streams: u32,
+    /// Response bytes buffered per HTTP/2 stream for a client that does not read; also the
+    /// stream's receive window.
+    pub http2_stream_buffer: u32,
+    /// A client that accepts no response bytes for this long is disconnected.
+    pub send_timeout: Duration,
     pub trusted_proxies: Vec<Cidr>,
     pub tls: Option<ListenerTls>,
 }

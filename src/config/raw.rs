@@ -26,6 +26,7 @@ pub struct RawAdmin {
     pub watch: Option<bool>,
     pub allow_actions: Option<bool>,
     pub drain_timeout: Option<Dur>,
+    pub allowed_hosts: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -37,7 +38,9 @@ pub struct RawListener {
     pub max_header_bytes: Option<Size>,
     pub max_headers: Option<usize>,
     pub max_connections: Option<usize>,
-    pub http2_max_concurrent_streams: Option<u32>,
+    pub http2_max_concurrent_streams: Option<Spanned<u32>>,
+    pub http2_stream_buffer: Option<Spanned<Size>>,
+    pub send_timeout: Option<Spanned<Dur>>,
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
     pub tls: Option<Spanned<RawListenerTls>>,
 }

@@ -33,10 +33,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             r#"duration "{s}" has no unit: write "{t}s" or "{t}ms""#
         ));
     }
-    humantime::parse_duration(t).map_err(|e| {
+    let d = humantime::parse_duration(t).map_err(|e| {
         format!(r#"invalid duration "{s}" ({e}): write a number with a unit, like "250ms", "2s" or "1m""#)
-    })
+    })?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            r#"duration "{s}" is longer than 10 years: write at most "10y" (a bigger one would overflow the clock)"#
+        ));
+    }
+    Ok(d)
 }
+
+/// The longest duration a config may hold: 10 years of 365.25 days (humantime's `"10y"`).
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 31_557_600);
 
 /// A byte size: an integer number of bytes or a string with a unit (`"64KiB"`, `"10MB"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -103,6 +112,11 @@ mod tests {
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
         assert!(parse_duration("5").unwrap_err().contains("no unit"));
         assert!(parse_duration("fast").is_err());
+        assert_eq!(parse_duration("10y"), Ok(MAX_DURATION));
+        assert!(parse_duration("18000000000000000000s")
+            .unwrap_err()
+            .contains("longer than 10 years"));
+        assert!(parse_duration("3653days").is_err());
     }
 
     #[test]

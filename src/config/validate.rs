@@ -74,6 +74,28 @@ fn admin(raw: Option<RawAdmin>, d: &mut Diagnostics) -> AdminConfig {
     if let Some(t) = raw.drain_timeout {
         admin.drain_timeout = t.0;
     }
+    for h in raw.allowed_hosts.unwrap_or_default() {
+        let name = h
+            .get_ref()
+            .trim()
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if valid {
+            admin.allowed_hosts.push(name);
+        } else {
+            d.at(
+                h.span(),
+                format!(
+                    r#"invalid host name "{}" in allowed_hosts: write a DNS name without port, like "admin.internal""#,
+                    h.get_ref()
+                ),
+            );
+        }
+    }
     admin
 }
 
@@ -184,10 +206,52 @@ fn listener(
         max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
         max_headers: raw.max_headers.unwrap_or(100),
         max_connections: raw.max_connections.unwrap_or(10_000),
-        http2_max_concurrent_streams: raw.http2_max_concurrent_streams.unwrap_or(256),
+        http2_max_concurrent_streams: listener_streams(raw.http2_max_concurrent_streams, d),
+        http2_stream_buffer: listener_stream_buffer(raw.http2_stream_buffer, d),
+        send_timeout: match raw.send_timeout {
+            None => Duration::from_secs(60),
+            Some(t) if t.get_ref().0.is_zero() => {
+                d.at(t.span(), r#"send_timeout must be more than 0, like "60s""#);
+                Duration::from_secs(60)
+            }
+            Some(t) => t.into_inner().0,
+        },
         trusted_proxies: trusted,
         tls,
     })
+}
+
+/// `http2_max_concurrent_streams`: 1..=10000, default 100 (nginx's and Envoy's are 128 and 100).
+fn listener_streams(raw: Option<Spanned<u32>>, d: &mut Diagnostics) -> u32 {
+    match raw {
+        None => 100,
+        Some(n) if (1..=10_000).contains(n.get_ref()) => n.into_inner(),
+        Some(n) => {
+            d.at(
+                n.span(),
+                "http2_max_concurrent_streams must be 1..=10000 (default 100)",
+            );
+            100
+        }
+    }
+}
+
+/// `http2_stream_buffer`: 16KiB..=16MiB (one HTTP/2 frame up to a window's worth), default 64KiB.
+fn listener_stream_buffer(raw: Option<Spanned<super::units::Size>>, d: &mut Diagnostics) -> u32 {
+    const DEFAULT: u32 = 64 * 1024;
+    match raw {
+        None => DEFAULT,
+        Some(s) if (16 * 1024..=16 * 1024 * 1024).contains(&s.get_ref().0) => {
+            u32::try_from(s.get_ref().0).unwrap_or(DEFAULT)
+        }
+        Some(s) => {
+            d.at(
+                s.span(),
+                r#"http2_stream_buffer must be between "16KiB" and "16MiB" (default "64KiB")"#,
+            );
+            DEFAULT
+        }
+    }
 }
 
 fn ratio(v: &Option<Spanned<f64>>, default: f64, key: &str, d: &mut Diagnostics) -> f64 {
@@ -360,15 +424,19 @@ fn redis(raw: RawRedis, d: &mut Diagnostics) -> RedisConfig {
     let mut c = RedisConfig::default();
     if let Some(url) = &raw.url {
         let u = url.get_ref();
-        let scheme_ok = u.starts_with("redis://") || u.starts_with("rediss://");
-        match u.parse::<http::Uri>() {
-            Ok(parsed) if scheme_ok && parsed.host().is_some_and(|h| !h.is_empty()) => {
+        // Parsed as the Redis client parses it, so what passes here is what it connects to (a
+        // password holding `/`, `?`, `#` or `@` must be percent-encoded).
+        match url::Url::parse(u) {
+            Ok(parsed)
+                if matches!(parsed.scheme(), "redis" | "rediss")
+                    && parsed.host_str().is_some_and(|h| !h.is_empty()) =>
+            {
                 c.url = u.clone();
             }
             _ => d.at(
                 url.span(),
                 format!(
-                    r#"invalid Redis url "{}": write "redis://HOST:PORT", "redis://:PASSWORD@HOST:PORT/DB" or "rediss://..." for TLS"#,
+                    r#"invalid Redis url "{}": write "redis://HOST:PORT", "redis://:PASSWORD@HOST:PORT/DB" (percent-encode `/`, `?`, `#`, `@` in the password) or "rediss://..." for TLS"#,
                     crate::redis::redact(u)
                 ),
             ),

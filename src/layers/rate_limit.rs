@@ -15,7 +15,7 @@ use crate::metrics::RouteMetrics;
 use crate::proxy::call::{Answer, Call, CallFuture, CallService};
 use crate::redis::Redis;
 use gcra::{Decision, GcraCell, GcraSettings, KeyedLimiter};
-use global::{Fallback, GlobalLimiter, LeaseCheck};
+use global::{Fallback, GlobalLimiter, KeyDigest, LeaseCheck};
 use http::HeaderValue;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -52,7 +52,7 @@ pub enum Verdict {
     Deny(ProxyError),
     /// A global limit without a local lease for this key: ask Redis (`want` tokens).
     Ask {
-        key: String,
+        key: KeyDigest,
         want: u32,
     },
 }
@@ -128,19 +128,16 @@ impl RouteLimiter {
                 Err(e) => Verdict::Deny(e),
             };
         };
-        let key = self.key_of(call);
+        let key = KeyDigest::of(self.key_of(call).as_bytes());
         match global.leases.take(&key, now) {
             LeaseCheck::Take => Verdict::Allow,
             LeaseCheck::Denied(retry_after) => Verdict::Deny(self.refuse(retry_after, retry_after)),
-            LeaseCheck::Miss { want } => Verdict::Ask {
-                key: key.into_owned(),
-                want,
-            },
+            LeaseCheck::Miss { want } => Verdict::Ask { key, want },
         }
     }
 
     /// The asynchronous part for a global limit: Redis's answer, or `on_redis_error`.
-    pub async fn ask(&self, key: &str, want: u32, call: &Call) -> Result<(), ProxyError> {
+    pub async fn ask(&self, key: &KeyDigest, want: u32, call: &Call) -> Result<(), ProxyError> {
         let Some(global) = &self.global else {
             return Ok(());
         };

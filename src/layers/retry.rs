@@ -189,7 +189,7 @@ where
                     (call.req, None)
                 };
                 let try_deadline = match policy.config.per_try_timeout {
-                    Some(t) => overall.min(Instant::now() + t),
+                    Some(t) => overall.min(crate::deadline::after(Instant::now(), t)),
                     None => overall,
                 };
                 let next = Call {
@@ -213,7 +213,7 @@ where
                     return result;
                 }
                 let delay = policy.backoff.delay(attempt);
-                if now + delay >= overall {
+                if crate::deadline::after(now, delay) >= overall {
                     return result;
                 }
                 let failed_on = Some(picked.load(Ordering::Relaxed)).filter(|i| *i != usize::MAX);
@@ -226,7 +226,7 @@ where
                 call = Call {
                     req: CallRequest::Shared(req),
                     client_ip: call.client_ip,
-                    started: now + delay,
+                    started: crate::deadline::after(now, delay),
                     deadline: overall,
                     endpoint: 0,
                     avoid: failed_on.or(call.avoid),

@@ -50,7 +50,9 @@ where
     }
 
     fn call(&mut self, mut call: Call) -> CallFuture {
-        call.deadline = call.deadline.min(call.started + self.timeout);
+        call.deadline = call
+            .deadline
+            .min(crate::deadline::after(call.started, self.timeout));
         self.inner.call(call)
     }
 }

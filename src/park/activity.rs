@@ -175,7 +175,7 @@ pub fn plan(seen: Seen, now: Instant, idle_timeout: Duration) -> Step {
         return Step::At(now + PARK_AFTER);
     }
     if !seen.requests_here {
-        let deadline = seen.idle_since + idle_timeout;
+        let deadline = crate::deadline::after(seen.idle_since, idle_timeout);
         if now >= deadline {
             return Step::Close;
         }

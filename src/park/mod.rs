@@ -27,6 +27,7 @@ pub use activity::{Busy, ConnActivity, Upgraded};
 use rewind::Rewind;
 
 use crate::proxy::handler::{handle, ConnContext};
+use crate::send_timeout::SendTimeout;
 use crate::shared::Shared;
 use crate::snapshot::ListenerRuntime;
 use bytes::Bytes;
@@ -76,7 +77,7 @@ pub async fn serve_plain(
     let idle_timeout = listener.config.header_read_timeout;
     let mut stream = stream;
     // A connection that never sends a byte is held no longer than one that stalls mid-head.
-    let deadline = activity.idle_since() + idle_timeout;
+    let deadline = crate::deadline::after(activity.idle_since(), idle_timeout);
     let start = tokio::select! {
         biased;
         _ = stop.changed() => return,
@@ -97,7 +98,8 @@ pub async fn serve_plain(
             let svc = service_fn(move |req| handle(shared.clone(), ctx.clone(), req));
             // Boxed: the auto connection is large, and inline it would size every parked
             // HTTP/1 connection's task too.
-            let io = TokioIo::new(Rewind::new(stream, read));
+            let send_timeout = listener.config.send_timeout;
+            let io = TokioIo::new(SendTimeout::new(Rewind::new(stream, read), send_timeout));
             let conn =
                 Box::pin(watcher.watch(listener.builder.serve_connection_with_upgrades(io, svc)));
             if let Err(e) = conn.await {
@@ -162,7 +164,8 @@ async fn serve_http1(
         if parked && unparsed.is_empty() {
             // Parked: nothing but the socket, until it has bytes (or EOF) to read.
             let _parked = Parked::new(&shared.metrics.parked);
-            tick.as_mut().reset(activity.idle_since() + idle_timeout);
+            tick.as_mut()
+                .reset(crate::deadline::after(activity.idle_since(), idle_timeout));
             let mut probe = [0u8; 1];
             tokio::select! {
                 biased;
@@ -178,7 +181,10 @@ async fn serve_http1(
             }
         }
 
-        let io = TokioIo::new(Rewind::keeping_open(stream, std::mem::take(&mut unparsed)));
+        let io = TokioIo::new(SendTimeout::new(
+            Rewind::keeping_open(stream, std::mem::take(&mut unparsed)),
+            ctx.listener.config.send_timeout,
+        ));
         let svc = {
             let (shared, ctx) = (shared.clone(), ctx.clone());
             service_fn(move |req| handle(shared.clone(), ctx.clone(), req))
@@ -213,7 +219,7 @@ async fn serve_http1(
             }
         };
         let parts = conn.into_parts();
-        let (socket, rest) = parts.io.into_inner().into_parts();
+        let (socket, rest) = parts.io.into_inner().into_inner().into_parts();
         stream = socket;
         if let Err(e) = ended {
             tracing::debug!(%peer, error = %e, "connection ended with an error");

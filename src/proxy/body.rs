@@ -368,7 +368,7 @@ impl Body for ResponseBody {
                     frame
                 }
                 Poll::Pending => {
-                    let deadline = tokio::time::Instant::now() + idle.limit;
+                    let deadline = crate::deadline::after(tokio::time::Instant::now(), idle.limit);
                     let timer = match &mut idle.timer {
                         Some(t) if idle.armed => t,
                         Some(t) => {

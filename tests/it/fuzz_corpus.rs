@@ -35,3 +35,13 @@ fn router_corpus() {
 fn headers_corpus() {
     replay("headers", levee::fuzzing::headers);
 }
+
+#[test]
+fn h1_response_corpus() {
+    replay("h1_response", levee::fuzzing::h1_response);
+}
+
+#[test]
+fn h1_chunked_corpus() {
+    replay("h1_chunked", levee::fuzzing::h1_chunked);
+}

@@ -14,6 +14,7 @@ mod hostile;
 mod keepalive;
 mod lifecycle;
 mod observability;
+mod peer_limits;
 mod resilience;
 mod tls;
 mod upstream_h1;

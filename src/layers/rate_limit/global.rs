@@ -8,18 +8,48 @@
 //! A refusal from Redis is remembered locally for its `retry_after` (nothing can be granted
 //! before then), so a flood of over-limit traffic does not turn into a flood of Redis calls.
 //!
+//! Keys are never stored as written: a key (an API key header, say) is as long as the client
+//! makes it, so each is reduced to a [`KeyDigest`], 128 bits of its SHA-256, both in the local
+//! lease table and in the Redis key. At most `max_keys` leases are held, idle ones evicted
+//! first, so the table is bounded in bytes (about 100 bytes a key), not only in entries. SHA-256
+//! rather than a keyed hash: every instance must name a key's bucket in Redis alike, and a
+//! client must not be able to make two keys share one.
+//!
 //! Accuracy: Redis charged every token any instance serves, so over any window the fleet serves at
 //! most what Redis granted in it (`rps × window + burst`) plus the tokens sitting in leases when
 //! the window opened: at most `k − 1` per instance, `N × (k − 1)` for a fleet of N. Unused leased
 //! tokens that expire make the fleet stricter, never looser.
 
 use crate::config::{OnRedisError, RateLimitConfig};
+use crate::deadline::after;
 use crate::redis::{Grant, Redis};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// A rate-limit key reduced to a fixed size: the first 128 bits of its SHA-256.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyDigest([u8; 16]);
+
+impl KeyDigest {
+    pub fn of(key: &[u8]) -> KeyDigest {
+        let digest = ring::digest::digest(&ring::digest::SHA256, key);
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&digest.as_ref()[..16]);
+        KeyDigest(out)
+    }
+
+    /// Appends the digest as 32 lowercase hex digits.
+    fn push_hex(&self, out: &mut String) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for b in self.0 {
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
+        }
+    }
+}
 
 /// How long leased tokens may be spent before they are dropped.
 pub const LEASE_TTL: Duration = Duration::from_millis(500);
@@ -73,7 +103,7 @@ pub struct Leases {
     /// How long an ask may be in flight (the Redis timeout).
     ask_for: Duration,
     max_keys: usize,
-    map: Mutex<HashMap<String, Lease>>,
+    map: Mutex<HashMap<KeyDigest, Lease>>,
 }
 
 impl Leases {
@@ -100,7 +130,7 @@ impl Leases {
     }
 
     /// Spends a leased token if there is one.
-    pub fn take(&self, key: &str, now: Instant) -> LeaseCheck {
+    pub fn take(&self, key: &KeyDigest, now: Instant) -> LeaseCheck {
         let mut map = self.map.lock();
         if let Some(l) = map.get_mut(key) {
             if l.tokens > 0 && l.expires.is_some_and(|t| t > now) {
@@ -114,20 +144,22 @@ impl Leases {
             if l.asking_until.is_some_and(|t| t > now) {
                 return LeaseCheck::Miss { want: 1 };
             }
-            l.asking_until = Some(now + self.ask_for);
+            l.asking_until = Some(after(now, self.ask_for));
             return LeaseCheck::Miss { want: self.k };
         }
         if map.len() >= self.max_keys {
             map.retain(|_, l| !l.idle(now));
-            if map.len() >= self.max_keys {
-                // Every key is busy: forgetting leases only makes the limit stricter.
+            // Still nearly full: forget them all rather than scan again on the next new key (a
+            // flood of fresh keys would make every request a scan). Forgetting leases only makes
+            // the limit stricter; a forgotten refusal is asked of Redis again.
+            if map.len() >= self.max_keys - self.max_keys / 8 {
                 map.clear();
             }
         }
         map.insert(
-            key.to_string(),
+            *key,
             Lease {
-                asking_until: Some(now + self.ask_for),
+                asking_until: Some(after(now, self.ask_for)),
                 ..Lease::default()
             },
         );
@@ -136,14 +168,19 @@ impl Leases {
 
     /// Records Redis's answer to an ask for `want` tokens. Returns whether this request may go:
     /// it spends one granted token, the rest (capped at `k − 1`) become the lease.
-    pub fn settle(&self, key: &str, want: u32, grant: Grant, now: Instant) -> bool {
+    pub fn settle(&self, key: &KeyDigest, want: u32, grant: Grant, now: Instant) -> bool {
         let mut map = self.map.lock();
-        let l = map.entry(key.to_string()).or_default();
+        if map.len() >= self.max_keys && !map.contains_key(key) {
+            // Evicted while Redis was asked, and the table is full again: answer without
+            // keeping a lease rather than grow past the cap.
+            return grant.tokens > 0;
+        }
+        let l = map.entry(*key).or_default();
         if want == self.k {
             l.asking_until = None;
         }
         if grant.tokens == 0 {
-            l.denied_until = Some(now + grant.retry_after);
+            l.denied_until = Some(after(now, grant.retry_after));
             return false;
         }
         l.denied_until = None;
@@ -153,12 +190,12 @@ impl Leases {
             0
         };
         l.tokens = (live + grant.tokens - 1).min(self.k - 1);
-        l.expires = Some(now + self.ttl);
+        l.expires = Some(after(now, self.ttl));
         true
     }
 
     /// An ask failed: let the next request ask for a full batch again.
-    pub fn abandon(&self, key: &str, want: u32) {
+    pub fn abandon(&self, key: &KeyDigest, want: u32) {
         if want == self.k {
             if let Some(l) = self.map.lock().get_mut(key) {
                 l.asking_until = None;
@@ -212,7 +249,7 @@ pub fn local_share(config: &RateLimitConfig, instances: Option<u32>) -> Option<R
 pub struct GlobalLimiter {
     pub redis: Arc<Redis>,
     pub leases: Leases,
-    /// `levee:rl:{route}:` — the key value follows.
+    /// `levee:rl:{route}:` — the key's digest in hex follows.
     prefix: String,
     interval_us: u64,
     burst: u32,
@@ -235,10 +272,10 @@ impl GlobalLimiter {
     }
 
     /// Asks Redis for tokens; `Some(allowed)` with its answer, `None` when it could not be asked.
-    pub async fn ask(&self, key: &str, want: u32) -> Option<Result<(), Duration>> {
-        let mut redis_key = String::with_capacity(self.prefix.len() + key.len());
+    pub async fn ask(&self, key: &KeyDigest, want: u32) -> Option<Result<(), Duration>> {
+        let mut redis_key = String::with_capacity(self.prefix.len() + 32);
         redis_key.push_str(&self.prefix);
-        redis_key.push_str(key);
+        key.push_hex(&mut redis_key);
         match self
             .redis
             .lease(&redis_key, self.interval_us, self.burst, want)
@@ -267,6 +304,10 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
+    fn k(key: &str) -> KeyDigest {
+        KeyDigest::of(key.as_bytes())
+    }
+
     fn grant(tokens: u32) -> Grant {
         Grant {
             tokens,
@@ -289,14 +330,14 @@ mod tests {
     async fn a_lease_serves_k_requests_per_redis_call() {
         let leases = Leases::new(5, LEASE_TTL, 20 * MS, 100);
         let now = Instant::now();
-        assert_eq!(leases.take("a", now), LeaseCheck::Miss { want: 5 });
-        assert!(leases.settle("a", 5, grant(5), now));
+        assert_eq!(leases.take(&k("a"), now), LeaseCheck::Miss { want: 5 });
+        assert!(leases.settle(&k("a"), 5, grant(5), now));
         for _ in 0..4 {
-            assert_eq!(leases.take("a", now), LeaseCheck::Take);
+            assert_eq!(leases.take(&k("a"), now), LeaseCheck::Take);
         }
-        assert_eq!(leases.take("a", now), LeaseCheck::Miss { want: 5 });
+        assert_eq!(leases.take(&k("a"), now), LeaseCheck::Miss { want: 5 });
         // Keys are independent.
-        assert_eq!(leases.take("b", now), LeaseCheck::Miss { want: 5 });
+        assert_eq!(leases.take(&k("b"), now), LeaseCheck::Miss { want: 5 });
         assert_eq!(leases.len(), 2);
     }
 
@@ -304,19 +345,19 @@ mod tests {
     async fn partial_grants_and_concurrent_asks_never_hold_more_than_k_minus_1() {
         let leases = Leases::new(5, LEASE_TTL, 20 * MS, 100);
         let now = Instant::now();
-        assert_eq!(leases.take("a", now), LeaseCheck::Miss { want: 5 });
+        assert_eq!(leases.take(&k("a"), now), LeaseCheck::Miss { want: 5 });
         // A second request while the first ask is in flight asks for one token only.
-        assert_eq!(leases.take("a", now), LeaseCheck::Miss { want: 1 });
-        assert!(leases.settle("a", 1, grant(1), now));
-        assert!(leases.settle("a", 5, grant(2), now), "a partial grant");
-        assert_eq!(leases.take("a", now), LeaseCheck::Take);
-        assert_eq!(leases.take("a", now), LeaseCheck::Miss { want: 5 });
+        assert_eq!(leases.take(&k("a"), now), LeaseCheck::Miss { want: 1 });
+        assert!(leases.settle(&k("a"), 1, grant(1), now));
+        assert!(leases.settle(&k("a"), 5, grant(2), now), "a partial grant");
+        assert_eq!(leases.take(&k("a"), now), LeaseCheck::Take);
+        assert_eq!(leases.take(&k("a"), now), LeaseCheck::Miss { want: 5 });
         // Overlapping full grants are capped at k - 1 held tokens.
-        assert!(leases.settle("a", 5, grant(5), now));
-        assert!(leases.settle("a", 1, grant(1), now));
-        assert!(leases.settle("a", 5, grant(5), now));
+        assert!(leases.settle(&k("a"), 5, grant(5), now));
+        assert!(leases.settle(&k("a"), 1, grant(1), now));
+        assert!(leases.settle(&k("a"), 5, grant(5), now));
         let served = (0..10)
-            .take_while(|_| leases.take("a", now) == LeaseCheck::Take)
+            .take_while(|_| leases.take(&k("a"), now) == LeaseCheck::Take)
             .count();
         assert_eq!(served, 4);
     }
@@ -325,14 +366,14 @@ mod tests {
     async fn leased_tokens_expire() {
         let leases = Leases::new(10, LEASE_TTL, 20 * MS, 100);
         assert_eq!(
-            leases.take("a", Instant::now()),
+            leases.take(&k("a"), Instant::now()),
             LeaseCheck::Miss { want: 10 }
         );
-        assert!(leases.settle("a", 10, grant(10), Instant::now()));
-        assert_eq!(leases.take("a", Instant::now()), LeaseCheck::Take);
+        assert!(leases.settle(&k("a"), 10, grant(10), Instant::now()));
+        assert_eq!(leases.take(&k("a"), Instant::now()), LeaseCheck::Take);
         advance(LEASE_TTL).await;
         assert_eq!(
-            leases.take("a", Instant::now()),
+            leases.take(&k("a"), Instant::now()),
             LeaseCheck::Miss { want: 10 },
             "8 unused tokens are gone"
         );
@@ -342,22 +383,22 @@ mod tests {
     async fn refusals_are_remembered_until_retry_after() {
         let leases = Leases::new(3, LEASE_TTL, 20 * MS, 100);
         assert_eq!(
-            leases.take("a", Instant::now()),
+            leases.take(&k("a"), Instant::now()),
             LeaseCheck::Miss { want: 3 }
         );
         let refused = Grant {
             tokens: 0,
             retry_after: 100 * MS,
         };
-        assert!(!leases.settle("a", 3, refused, Instant::now()));
+        assert!(!leases.settle(&k("a"), 3, refused, Instant::now()));
         advance(40 * MS).await;
         assert_eq!(
-            leases.take("a", Instant::now()),
+            leases.take(&k("a"), Instant::now()),
             LeaseCheck::Denied(60 * MS)
         );
         advance(60 * MS).await;
         assert_eq!(
-            leases.take("a", Instant::now()),
+            leases.take(&k("a"), Instant::now()),
             LeaseCheck::Miss { want: 3 }
         );
     }
@@ -366,22 +407,22 @@ mod tests {
     async fn a_failed_or_cancelled_ask_does_not_stick() {
         let leases = Leases::new(4, LEASE_TTL, 20 * MS, 100);
         assert_eq!(
-            leases.take("a", Instant::now()),
+            leases.take(&k("a"), Instant::now()),
             LeaseCheck::Miss { want: 4 }
         );
-        leases.abandon("a", 4);
+        leases.abandon(&k("a"), 4);
         assert_eq!(
-            leases.take("a", Instant::now()),
+            leases.take(&k("a"), Instant::now()),
             LeaseCheck::Miss { want: 4 }
         );
         // Never settled nor abandoned (the request was dropped): after the timeout, a full ask.
         assert_eq!(
-            leases.take("a", Instant::now()),
+            leases.take(&k("a"), Instant::now()),
             LeaseCheck::Miss { want: 1 }
         );
         advance(20 * MS).await;
         assert_eq!(
-            leases.take("a", Instant::now()),
+            leases.take(&k("a"), Instant::now()),
             LeaseCheck::Miss { want: 4 }
         );
     }
@@ -390,13 +431,42 @@ mod tests {
     async fn key_cap_holds() {
         let leases = Leases::new(2, LEASE_TTL, 20 * MS, 10);
         for i in 0..100 {
-            let key = format!("k{i}");
+            let key = k(&format!("k{i}"));
             let now = Instant::now();
             if leases.take(&key, now) == (LeaseCheck::Miss { want: 2 }) {
                 leases.settle(&key, 2, grant(2), now);
             }
             assert!(leases.len() <= 10);
             advance(MS).await;
+        }
+    }
+
+    #[test]
+    fn digests_are_fixed_size_and_stable() {
+        let long = "x".repeat(16 * 1024);
+        assert_ne!(k(&long), k("x"));
+        assert_eq!(k("client-1"), k("client-1"));
+        let mut hex = String::new();
+        k("").push_hex(&mut hex);
+        // SHA-256 of the empty string, first 16 bytes: the Redis key every instance agrees on.
+        assert_eq!(hex, "e3b0c44298fc1c149afbf4c8996fb924");
+    }
+
+    /// A flood of distinct keys while every lease is busy: the table never passes the cap and
+    /// a new key does not cost a scan of the table each time.
+    #[tokio::test(start_paused = true)]
+    async fn a_key_flood_stays_under_the_cap() {
+        let leases = Leases::new(2, LEASE_TTL, 20 * MS, 1000);
+        let now = Instant::now();
+        for i in 0..50_000u32 {
+            let key = KeyDigest::of(&i.to_le_bytes());
+            assert_eq!(leases.take(&key, now), LeaseCheck::Miss { want: 2 });
+            assert!(leases.len() <= 1000);
+        }
+        for i in 0..50_000u32 {
+            let key = KeyDigest::of(&i.to_le_bytes());
+            leases.settle(&key, 2, grant(2), now);
+            assert!(leases.len() <= 1000);
         }
     }
 

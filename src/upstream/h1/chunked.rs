@@ -8,9 +8,9 @@ use super::H1Error;
 use bytes::{Buf, Bytes, BytesMut};
 
 /// The longest chunk-size line (size plus extensions) accepted.
-const MAX_SIZE_LINE: usize = 4096;
+pub(crate) const MAX_SIZE_LINE: usize = 4096;
 /// The most trailer-section bytes accepted before the body is refused.
-const MAX_TRAILERS: usize = 16 * 1024;
+pub(crate) const MAX_TRAILERS: usize = 16 * 1024;
 
 #[derive(Debug, Default)]
 pub struct ChunkedDecoder {
@@ -79,13 +79,18 @@ impl ChunkedDecoder {
                     self.state = State::Size;
                 }
                 State::Trailers => {
-                    let Some(line) = take_line(buf, MAX_TRAILERS - self.trailer_bytes)? else {
+                    // Checked: a line of exactly the room left, plus its CRLF, takes the count
+                    // past MAX_TRAILERS, and a wrapped subtraction would lift the bound entirely.
+                    let room = MAX_TRAILERS
+                        .checked_sub(self.trailer_bytes)
+                        .ok_or(H1Error::Chunked("trailer section too long"))?;
+                    let Some(line) = take_line(buf, room)? else {
                         return Ok(Decoded::NeedMore);
                     };
                     if line.is_empty() {
                         self.state = State::Done;
                     } else {
-                        self.trailer_bytes += line.len() + 2;
+                        self.trailer_bytes = self.trailer_bytes.saturating_add(line.len() + 2);
                     }
                 }
                 State::Done => return Ok(Decoded::Done),
@@ -220,5 +225,19 @@ mod tests {
             trailers.extend_from_slice(b"x-t: 0123456789\r\n");
         }
         assert!(decode_all(&trailers).is_err());
+    }
+
+    /// A trailer line that fills the section to one byte short, then bytes with no LF: the room
+    /// left must not wrap around (it did, and the decoder then buffered without bound).
+    #[test]
+    fn a_trailer_line_at_the_limit_then_no_lf_is_refused() {
+        let mut input = b"0\r\n".to_vec();
+        input.extend(std::iter::repeat_n(b'a', MAX_TRAILERS - 1));
+        input.extend_from_slice(b"\r\n");
+        input.extend(std::iter::repeat_n(b'b', 64));
+        let mut d = ChunkedDecoder::default();
+        let mut buf = BytesMut::from(&input[..]);
+        assert!(d.decode(&mut buf).is_err());
+        assert!(d.trailer_bytes <= MAX_TRAILERS + 2);
     }
 }

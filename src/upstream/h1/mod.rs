@@ -11,10 +11,11 @@
 //! the response arrives, `Expect: 100-continue` waits, protocol switches.
 
 mod body;
-mod chunked;
+// Visible to the crate for `crate::fuzzing`, which drives both on arbitrary bytes.
+pub(crate) mod chunked;
 mod pool;
 mod request;
-mod response;
+pub(crate) mod response;
 
 pub use body::DirectBody;
 use body::Streaming;
