@@ -49,6 +49,9 @@ pub struct ListenerConfig {
     pub max_connections: usize,
     pub http2_max_concurrent_streams: u32,
     pub trusted_proxies: Vec<Cidr>,
+    /// Normalize request paths before routing and forward the normalized path
+    /// (`crate::proxy::path`).
+    pub normalize_path: bool,
     pub tls: Option<ListenerTls>,
 }
 

@@ -39,6 +39,7 @@ pub struct RawListener {
     pub max_connections: Option<usize>,
     pub http2_max_concurrent_streams: Option<u32>,
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
+    pub normalize_path: Option<bool>,
     pub tls: Option<Spanned<RawListenerTls>>,
 }
 

@@ -185,6 +185,7 @@ fn listener(
         max_connections: raw.max_connections.unwrap_or(10_000),
         http2_max_concurrent_streams: raw.http2_max_concurrent_streams.unwrap_or(256),
         trusted_proxies: trusted,
+        normalize_path: raw.normalize_path.unwrap_or(true),
         tls,
     })
 }

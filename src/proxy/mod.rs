@@ -5,5 +5,6 @@ pub mod body;
 pub mod call;
 pub mod forward;
 pub mod handler;
+pub mod path;
 pub mod route;
 pub mod stack;
