@@ -9,6 +9,7 @@ mod faults;
 mod fuzz_corpus;
 mod global_limit;
 mod hostile;
+mod hygiene;
 mod keepalive;
 mod lifecycle;
 mod observability;
