@@ -4,6 +4,7 @@
 //! with hyper-util's auto builder; TLS connections are served by the auto builder.
 
 use crate::config::ListenerConfig;
+use crate::proxy::framing::{Audited, FramingAudit};
 use crate::proxy::handler::{handle, ConnContext};
 use crate::shared::Shared;
 use crate::snapshot::ListenerRuntime;
@@ -203,16 +204,19 @@ async fn serve_tls(
             return;
         }
     };
+    // HTTP/1 connections get their request framing audited (`proxy::framing`); HTTP/2 has none.
+    let framing = (tls.get_ref().1.alpn_protocol() != Some(b"h2")).then(FramingAudit::new);
     let ctx = Arc::new(ConnContext {
         peer,
         tls: true,
         listener: runtime.clone(),
         activity: None,
+        framing: framing.clone(),
     });
     let svc = service_fn(move |req| handle(shared.clone(), ctx.clone(), req));
     let conn = runtime
         .builder
-        .serve_connection_with_upgrades(TokioIo::new(tls), svc);
+        .serve_connection_with_upgrades(TokioIo::new(Audited::new(tls, framing)), svc);
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }

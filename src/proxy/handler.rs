@@ -5,6 +5,7 @@ use super::access_log::{self, AccessLog};
 use super::body::{ClientBody, RequestBody, ResponseBody};
 use super::call::Call;
 use super::forward::{self, Peer};
+use super::framing::FramingAudit;
 use super::path;
 use super::route::normalize_host;
 use crate::error::ProxyError;
@@ -30,6 +31,9 @@ pub struct ConnContext {
     pub listener: Arc<ListenerRuntime>,
     /// Set on plaintext HTTP/1 connections, which are parked when idle (`crate::park`).
     pub activity: Option<Arc<ConnActivity>>,
+    /// Set on HTTP/1 connections: which request heads had both `Content-Length` and
+    /// `Transfer-Encoding`, which hyper resolves without telling (`super::framing`).
+    pub framing: Option<Arc<FramingAudit>>,
 }
 
 /// Serves one request; never fails (every failure is an HTTP answer) and never panics.
@@ -181,6 +185,21 @@ fn proxy<'a>(
     log: bool,
 ) -> Routed<'a> {
     let settings = &conn.listener.config;
+    // Asked for every request, so the audit's count stays in step with the connection's.
+    let conflicting_framing = conn
+        .framing
+        .as_ref()
+        .is_some_and(|audit| audit.next_request_conflicts());
+    if conflicting_framing && req.headers().contains_key(header::TRANSFER_ENCODING) {
+        return Routed::Done((
+            Err(ProxyError::BadRequest(
+                "both Content-Length and Transfer-Encoding",
+            )),
+            None,
+            None,
+            None,
+        ));
+    }
     if req.method() == Method::CONNECT {
         return Routed::Done((Err(ProxyError::MethodNotAllowed), None, None, None));
     }

@@ -4,6 +4,7 @@ pub mod access_log;
 pub mod body;
 pub mod call;
 pub mod forward;
+pub mod framing;
 pub mod handler;
 pub mod path;
 pub mod route;
