@@ -384,8 +384,10 @@ mod tests {
 
     #[test]
     fn both_framing_headers_in_either_order_are_found() {
-        let cl_te = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
-        let te_cl = "POST / HTTP/1.1\r\nHost: a\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n";
+        let cl_te =
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let te_cl =
+            "POST / HTTP/1.1\r\nHost: a\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n";
         assert_eq!(conflict(cl_te), Some(0));
         assert_eq!(conflict(te_cl), Some(0));
         // Bare LF line ends, as hyper also accepts.

@@ -307,9 +307,14 @@ fn request_host(req: &Request<ClientBody>) -> Result<Option<HeaderValue>, ProxyE
         return Ok(host.cloned());
     };
     if req.version() == Version::HTTP_2
-        && host.is_some_and(|h| !h.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()))
+        && host.is_some_and(|h| {
+            !h.as_bytes()
+                .eq_ignore_ascii_case(authority.as_str().as_bytes())
+        })
     {
-        return Err(ProxyError::BadRequest("host header disagrees with :authority"));
+        return Err(ProxyError::BadRequest(
+            "host header disagrees with :authority",
+        ));
     }
     Ok(HeaderValue::from_str(authority.as_str()).ok())
 }

@@ -102,7 +102,7 @@ fn hex_value(b: u8) -> Option<u8> {
 
 /// Step 1: unreserved characters decoded, other escapes kept with uppercase hex digits.
 fn decode_unreserved(path: &[u8]) -> Result<String, PathError> {
-    let mut out = String::with_capacity(path.len());
+    let mut out: Vec<u8> = Vec::with_capacity(path.len());
     let mut i = 0;
     while i < path.len() {
         let b = path[i];
@@ -118,25 +118,24 @@ fn decode_unreserved(path: &[u8]) -> Result<String, PathError> {
                 match value {
                     b'/' | b'\\' => return Err("encoded slash or backslash in path"),
                     0 => return Err("encoded NUL in path"),
-                    v if is_unreserved(v) => out.push(char::from(v)),
+                    v if is_unreserved(v) => out.push(v),
                     _ => {
-                        out.push('%');
-                        out.push(char::from(path[i + 1].to_ascii_uppercase()));
-                        out.push(char::from(path[i + 2].to_ascii_uppercase()));
+                        out.push(b'%');
+                        out.push(path[i + 1].to_ascii_uppercase());
+                        out.push(path[i + 2].to_ascii_uppercase());
                     }
                 }
                 i += 3;
             }
             b'\\' => return Err("backslash in path"),
-            // The URI parser lets only ASCII through; anything else is refused, not mangled.
-            _ if b.is_ascii() => {
-                out.push(char::from(b));
+            _ => {
+                out.push(b);
                 i += 1;
             }
-            _ => return Err("non-ASCII byte in path"),
         }
     }
-    Ok(out)
+    // Only ASCII escapes were replaced by ASCII bytes, so the input's UTF-8 is intact.
+    String::from_utf8(out).map_err(|_| "path is not UTF-8")
 }
 
 /// Steps 2 and 3 on a path that starts with `/`: empty segments dropped, `.` dropped, `..`
@@ -274,6 +273,7 @@ mod tests {
             "/%2e%2e/%2e",
             "/a/b/..",
             "/x%7e%20/..//y/",
+            "/caf\u{e9}/../\u{1F30A}//%41",
         ] {
             let once = norm(p).unwrap();
             assert!(

@@ -423,8 +423,10 @@ async fn upgrade_is_tunnelled() {
         .await;
     let proxy = TestProxy::start(&simple_config(&[origin.addr], "", "")).await;
     let mut c = RawConn::connect(proxy.addr).await;
-    c.send("GET /ws HTTP/1.1\r\nHost: ws.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-        .await;
+    c.send(
+        "GET /ws HTTP/1.1\r\nHost: ws.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await;
     let r = c.read_response().await.expect("a response");
     assert_eq!(r.status, 101, "{r:?}");
     assert_eq!(r.header("upgrade"), Some("echo"));

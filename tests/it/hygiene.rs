@@ -74,7 +74,9 @@ async fn path_bypasses_are_routed_and_forwarded_normalized() {
     );
     let proxy = TestProxy::start(&two_routes(public.addr, admin.addr, "", &limit)).await;
 
-    let r = exchange(proxy.addr, get("/admin/x")).await.expect("a response");
+    let r = exchange(proxy.addr, get("/admin/x"))
+        .await
+        .expect("a response");
     assert_eq!(r.status, 200, "{r:?}");
     for target in BYPASSES {
         let r = exchange(proxy.addr, get(target)).await.expect("a response");
@@ -121,7 +123,11 @@ async fn ambiguous_paths_are_400() {
         assert_eq!(r.status, 400, "{target}: {r:?}");
         assert_eq!(r.error_kind(), "bad_request", "{target}: {r:?}");
     }
-    assert_eq!(public.hits() + admin.hits(), 0, "a refused path was forwarded");
+    assert_eq!(
+        public.hits() + admin.hits(),
+        0,
+        "a refused path was forwarded"
+    );
 }
 
 /// `normalize_path = false`: the raw path is routed and forwarded as it came.
@@ -254,7 +260,10 @@ async fn h2_host_disagreeing_with_authority_is_400() {
         h2_request(proxy.addr, "a.example", Some("A.Example")).await,
         (200, String::new())
     );
-    assert_eq!(h2_request(proxy.addr, "a.example", None).await, (200, String::new()));
+    assert_eq!(
+        h2_request(proxy.addr, "a.example", None).await,
+        (200, String::new())
+    );
     assert_eq!(origin.last().unwrap().headers["host"], "a.example");
 }
 
