@@ -201,6 +201,20 @@ impl HeadScanner {
                     }
                     continue;
                 }
+                // The rest of a line that holds nothing the scanner needs: to its end at once.
+                State::RequestLine | State::Value | State::Trailer => {
+                    match memchr::memchr(b'\n', &bytes[i..]) {
+                        Some(at) => i += at,
+                        None => return None,
+                    }
+                }
+                // A header name that is neither framing header: on to its colon.
+                State::Name { candidates: 0, .. } => {
+                    match memchr::memchr2(b':', b'\n', &bytes[i..]) {
+                        Some(at) => i += at,
+                        None => return None,
+                    }
+                }
                 _ => {}
             }
             let found = self.byte(bytes[i]);

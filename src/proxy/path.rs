@@ -50,6 +50,7 @@ pub fn with_path(uri: Uri, path: &str) -> Option<Uri> {
 /// True when normalizing would change nothing: no escape that decoding would change or refuse,
 /// no empty segment (`//`) and no dot segment. A raw backslash is refused here already.
 fn is_normal(path: &[u8]) -> Result<bool, PathError> {
+    // One plain pass: on paths this short it beats memchr's vectorized searches (measured).
     let mut normal = true;
     for (i, &b) in path.iter().enumerate() {
         match b {
