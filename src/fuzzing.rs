@@ -46,8 +46,9 @@ pub fn config(data: &[u8]) {
     }
 }
 
-/// The router on arbitrary routes and a request: `find` agrees with a naive reference, and
-/// `normalize_host` output is always lowercase and free of separators.
+/// The router on arbitrary routes and a request: `find` agrees with a naive reference,
+/// `normalize_host` output is always lowercase and free of separators, and `normalize_path`
+/// output is normal (see [`check_normal_path`]) and routes like any other path.
 ///
 /// Input: lines; each but the last is a route `HOST PREFIX` (`HOST` `-` for any host), the
 /// last is the request `HOST PATH`.
@@ -70,11 +71,14 @@ pub fn router(data: &[u8]) {
         }
     }
     let router = Router::new(routes.iter().map(|(h, p)| (h.as_deref(), p.as_str())));
-    let (raw_host, path) = request.split_once(' ').unwrap_or((request, "/"));
+    let (raw_host, raw_path) = request.split_once(' ').unwrap_or((request, "/"));
     check_normalized(raw_host);
     let Some(host) = normalize_host(raw_host) else {
         return;
     };
+    // The path as levee routes it: normalized, or the raw one where that is refused.
+    let normalized = check_normal_path(raw_path);
+    let path = normalized.as_deref().unwrap_or(raw_path);
     let found = router.find(&host, path);
     let expected = reference_find(&routes, &host, path);
     assert_eq!(
@@ -84,6 +88,62 @@ pub fn router(data: &[u8]) {
     if let Some(i) = found {
         assert!(path.starts_with(&routes[i].1));
     }
+}
+
+/// `normalize_path`'s promises: a refused path holds something ambiguous; an accepted one starts
+/// with `/` (when the input did), has no empty or dot segment, no escape of an unreserved
+/// character, of `/`, `\` or NUL, and normalizes to itself without a copy; and it never grows.
+fn check_normal_path(raw: &str) -> Option<String> {
+    use crate::proxy::path::normalize_path;
+    use std::borrow::Cow;
+    let out = match normalize_path(raw) {
+        Ok(p) => p.into_owned(),
+        Err(why) => {
+            assert!(
+                raw.contains('\\') || raw.contains('%'),
+                "normalize_path({raw:?}) refused an innocent path: {why}"
+            );
+            return None;
+        }
+    };
+    assert!(
+        out.len() <= raw.len().max(1),
+        "normalize_path({raw:?}) = {out:?} grew"
+    );
+    if !raw.starts_with('/') {
+        assert_eq!(out, raw);
+        return Some(out);
+    }
+    assert!(out.starts_with('/'), "normalize_path({raw:?}) = {out:?}");
+    assert!(!out.contains("//"), "normalize_path({raw:?}) = {out:?}");
+    for segment in out.split('/') {
+        assert!(
+            segment != "." && segment != "..",
+            "normalize_path({raw:?}) = {out:?}"
+        );
+    }
+    assert!(!out.contains('\\'), "normalize_path({raw:?}) = {out:?}");
+    for (i, _) in out.match_indices('%') {
+        let digits = out.as_bytes().get(i + 1..i + 3).unwrap_or_default();
+        assert!(
+            digits.len() == 2
+                && digits
+                    .iter()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_lowercase()),
+            "normalize_path({raw:?}) = {out:?}: escape not in upper case"
+        );
+    }
+    let upper = out.to_ascii_uppercase();
+    for escape in [
+        "%2F", "%5C", "%00", "%2E", "%41", "%7E", "%5F", "%2D", "%30",
+    ] {
+        assert!(!upper.contains(escape), "normalize_path({raw:?}) = {out:?}");
+    }
+    assert!(
+        matches!(normalize_path(&out), Ok(Cow::Borrowed(p)) if p == out),
+        "normalize_path({raw:?}) = {out:?} is not normal itself"
+    );
+    Some(out)
 }
 
 fn check_normalized(raw: &str) {
@@ -204,9 +264,8 @@ pub fn headers(data: &[u8]) {
         let named = headers
             .get_all("x-forwarded-for")
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|s| s.trim().parse::<IpAddr>().ok() == Some(client));
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .any(|s| forward::parse_forwarded_ip(s.trim_ascii()) == Some(client));
         assert!(named, "client address {client} is from nowhere");
     }
 
@@ -273,8 +332,13 @@ pub fn headers(data: &[u8]) {
 /// Input: byte 0 picks the request method (bits 0-1) and the split point (the rest); then the
 /// bytes the upstream sends.
 pub fn h1_response(data: &[u8]) {
-    use crate::upstream::h1::response::{parse, MAX_HEAD};
+    use crate::upstream::h1::response::{parse, Limits};
     use bytes::BytesMut;
+    // The defaults of `max_response_header_bytes` and `max_response_headers`.
+    const LIMITS: Limits = Limits {
+        max_head: 64 * 1024,
+        max_headers: 200,
+    };
     let Some((&flags, input)) = data.split_first() else {
         return;
     };
@@ -294,10 +358,10 @@ pub fn h1_response(data: &[u8]) {
         .map_err(|e: crate::upstream::h1::H1Error| e.to_string())
     };
     let mut whole = BytesMut::from(input);
-    let at_once = summary(parse(&mut whole, &method), &whole);
+    let at_once = summary(parse(&mut whole, &method, LIMITS), &whole);
     if let Ok(None) = at_once {
         assert!(
-            whole.len() <= MAX_HEAD,
+            whole.len() <= LIMITS.max_head,
             "waits for more holding {} bytes",
             whole.len()
         );
@@ -305,11 +369,11 @@ pub fn h1_response(data: &[u8]) {
     // The same bytes in two reads: a head split anywhere parses the same once it is complete.
     let split = usize::from(flags >> 2).min(input.len());
     let mut buf = BytesMut::from(&input[..split]);
-    let first = parse(&mut buf, &method);
+    let first = parse(&mut buf, &method, LIMITS);
     let split_answer = match first {
         Ok(None) => {
             buf.extend_from_slice(&input[split..]);
-            summary(parse(&mut buf, &method), &buf)
+            summary(parse(&mut buf, &method, LIMITS), &buf)
         }
         other => {
             if split < input.len() {

@@ -4,6 +4,7 @@
 //! with hyper-util's auto builder; TLS connections are served by the auto builder.
 
 use crate::config::ListenerConfig;
+use crate::proxy::framing::{Audited, FramingAudit};
 use crate::proxy::handler::{handle, ConnContext};
 use crate::send_timeout::SendTimeout;
 use crate::shared::Shared;
@@ -209,16 +210,22 @@ async fn serve_tls(
             return;
         }
     };
+    // HTTP/1 connections get their request framing audited (`proxy::framing`); HTTP/2 has none.
+    let framing = (tls.get_ref().1.alpn_protocol() != Some(b"h2")).then(FramingAudit::new);
     let ctx = Arc::new(ConnContext {
         peer,
         tls: true,
         listener: runtime.clone(),
         activity: None,
+        framing: framing.clone(),
     });
     let svc = service_fn(move |req| handle(shared.clone(), ctx.clone(), req));
     let conn = runtime
         .builder
-        .serve_connection_with_upgrades(TokioIo::new(SendTimeout::new(tls, send_timeout)), svc);
+        .serve_connection_with_upgrades(
+            TokioIo::new(SendTimeout::new(Audited::new(tls, framing), send_timeout)),
+            svc,
+        );
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }

@@ -57,6 +57,9 @@ pub struct ListenerConfig {
     /// A client that accepts no response bytes for this long is disconnected.
     pub send_timeout: Duration,
     pub trusted_proxies: Vec<Cidr>,
+    /// Normalize request paths before routing and forward the normalized path
+    /// (`crate::proxy::path`).
+    pub normalize_path: bool,
     pub tls: Option<ListenerTls>,
 }
 

@@ -42,6 +42,7 @@ pub struct RawListener {
     pub http2_stream_buffer: Option<Spanned<Size>>,
     pub send_timeout: Option<Spanned<Dur>>,
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
+    pub normalize_path: Option<bool>,
     pub tls: Option<Spanned<RawListenerTls>>,
 }
 

@@ -217,6 +217,7 @@ fn listener(
             Some(t) => t.into_inner().0,
         },
         trusted_proxies: trusted,
+        normalize_path: raw.normalize_path.unwrap_or(true),
         tls,
     })
 }

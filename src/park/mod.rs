@@ -26,6 +26,7 @@ use activity::{plan, Step};
 pub use activity::{Busy, ConnActivity, Upgraded};
 use rewind::Rewind;
 
+use crate::proxy::framing::{Audited, FramingAudit};
 use crate::proxy::handler::{handle, ConnContext};
 use crate::send_timeout::SendTimeout;
 use crate::shared::Shared;
@@ -94,6 +95,7 @@ pub async fn serve_plain(
                 tls: false,
                 listener: listener.clone(),
                 activity: None,
+                framing: None,
             });
             let svc = service_fn(move |req| handle(shared.clone(), ctx.clone(), req));
             // Boxed: the auto connection is large, and inline it would size every parked
@@ -111,11 +113,16 @@ pub async fn serve_plain(
     };
     // Not watched by hyper-util: held so the listener's drain waits for this connection too.
     let _drain_guard = watcher;
+    // Every byte of the HTTP/1 stream passes the audit once: these here, the rest as hyper
+    // reads them from the socket (bytes handed back to hyper after parking are not read twice).
+    let framing = FramingAudit::new();
+    framing.observe(&read);
     let ctx = Arc::new(ConnContext {
         peer,
         tls: false,
         listener,
         activity: Some(activity.clone()),
+        framing: Some(framing),
     });
     serve_http1(stream, read, shared, ctx, activity, stop).await;
 }
@@ -182,7 +189,10 @@ async fn serve_http1(
         }
 
         let io = TokioIo::new(SendTimeout::new(
-            Rewind::keeping_open(stream, std::mem::take(&mut unparsed)),
+            Rewind::keeping_open(
+                Audited::new(stream, ctx.framing.clone()),
+                std::mem::take(&mut unparsed),
+            ),
             ctx.listener.config.send_timeout,
         ));
         let svc = {
@@ -220,7 +230,7 @@ async fn serve_http1(
         };
         let parts = conn.into_parts();
         let (socket, rest) = parts.io.into_inner().into_inner().into_parts();
-        stream = socket;
+        stream = socket.into_inner();
         if let Err(e) = ended {
             tracing::debug!(%peer, error = %e, "connection ended with an error");
             return;

@@ -12,6 +12,9 @@ pub fn enabled() -> bool {
 }
 
 pub struct AccessLog {
+    /// The client as levee believes it: the peer, or the `x-forwarded-for` client a trusted
+    /// proxy named (the address rate limits key on).
+    pub client: std::net::IpAddr,
     pub method: http::Method,
     pub host: String,
     pub path: String,
@@ -27,6 +30,7 @@ impl OnComplete for AccessLog {
     fn complete(&mut self, bytes: u64, finished: bool) {
         tracing::info!(
             target: TARGET,
+            client = %self.client,
             method = %self.method,
             host = %self.host,
             path = %self.path,

@@ -22,11 +22,21 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// levee's own verdict on an answer it made; removed from upstream responses.
+pub const X_LEVEE_ERROR: HeaderName = HeaderName::from_static("x-levee-error");
 
-/// True when the request asks to switch protocols (WebSocket and friends) over HTTP/1.1.
+/// True when the request asks for a WebSocket upgrade over HTTP/1.1: the only protocol switch
+/// levee tunnels. Any other token (`h2c` above all: the upstream would then serve any path over
+/// HTTP/2 inside the tunnel, past routes, limits and breakers) is dropped with the other
+/// hop-by-hop headers, and the request is answered as plain HTTP/1.1.
 pub fn is_upgrade_request(version: Version, headers: &HeaderMap) -> bool {
     version == Version::HTTP_11
-        && headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::UPGRADE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("websocket"))
         && connection_has_token(headers, "upgrade")
 }
 
@@ -46,7 +56,8 @@ fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
 }
 
 /// Removes hop-by-hop headers, including any the `Connection` header names. When `upgrade` is
-/// set, `Upgrade` survives and `Connection: upgrade` is restored so the tunnel can be set up.
+/// set, `Upgrade: websocket` (alone, whatever else the client offered) and `Connection: upgrade`
+/// are restored so the tunnel can be set up.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     // One pass of cheap name comparisons over the headers present tells which hop-by-hop names
     // to remove; a hashed lookup per name on every message costs more. Upstream responses
@@ -89,6 +100,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
 }
 
@@ -123,23 +135,48 @@ impl Peer {
 
 /// The client's address: the peer itself, or, when the peer is a trusted proxy, the rightmost
 /// address in `x-forwarded-for` that is not also a trusted proxy (the leftmost is client-forged).
+///
+/// The walk goes right to left, one hop at a time, as nginx's `real_ip_recursive` does: each
+/// entry was written by the hop to its right, so it is believed only while that hop is trusted.
+/// An entry that is not an address (`unknown`, garbage) ends the walk, and the client is the
+/// last trusted hop reached: skipping it would let whatever stands to its left, written by
+/// anyone, become the client and the rate-limit key. Entries may carry a port (`ip:port`,
+/// `[v6]:port`), as some load balancers write them; empty entries (`a,,b`) are skipped.
 pub fn client_ip(peer: &Peer, headers: &HeaderMap, trusted_proxies: &[Cidr]) -> IpAddr {
     if !peer.trusted {
         return peer.ip;
     }
-    let hops: Vec<IpAddr> = headers
+    let mut client = peer.ip;
+    let entries = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
-    hops.iter()
         .rev()
-        .find(|ip| !trusted_proxies.iter().any(|c| c.contains(**ip)))
-        .or(hops.first())
-        .copied()
-        .unwrap_or(peer.ip)
+        .flat_map(|v| v.as_bytes().rsplit(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|e| !e.is_empty());
+    for entry in entries {
+        let Some(ip) = parse_forwarded_ip(entry) else {
+            break;
+        };
+        client = ip;
+        if !trusted_proxies.iter().any(|c| c.contains(ip)) {
+            break;
+        }
+    }
+    client
+}
+
+/// An `x-forwarded-for` entry: `ip`, `ip:port`, `[v6]` or `[v6]:port`.
+pub fn parse_forwarded_ip(entry: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(entry).ok()?;
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(addr) = text.parse::<std::net::SocketAddr>() {
+        return Some(addr.ip());
+    }
+    let v6 = text.strip_prefix('[')?.strip_suffix(']')?;
+    v6.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6)
 }
 
 /// Adds the forwarding headers an upstream expects behind a proxy. `host` is the request's
@@ -289,11 +326,32 @@ mod tests {
 
     #[test]
     fn upgrade_survives_when_tunnelling() {
-        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "h2c, WebSocket")]);
         assert!(is_upgrade_request(Version::HTTP_11, &h));
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn only_websocket_is_an_upgrade() {
+        for (connection, upgrade) in [
+            ("Upgrade, HTTP2-Settings", "h2c"),
+            ("upgrade", "echo"),
+            ("upgrade", "TLS/1.0"),
+            ("keep-alive", "websocket"),
+        ] {
+            let mut h = map(&[
+                ("connection", connection),
+                ("upgrade", upgrade),
+                ("http2-settings", "AAMAAABkAAQAAP__"),
+            ]);
+            assert!(!is_upgrade_request(Version::HTTP_11, &h), "{upgrade}");
+            strip_hop_by_hop(&mut h, false);
+            assert!(!h.contains_key("upgrade") && !h.contains_key("connection"));
+        }
+        let h = map(&[("connection", "upgrade"), ("upgrade", "websocket")]);
+        assert!(!is_upgrade_request(Version::HTTP_10, &h));
     }
 
     #[test]
@@ -322,5 +380,42 @@ mod tests {
             client_ip(&peer, &h, &trusted),
             "1.2.3.4".parse::<IpAddr>().unwrap()
         );
+    }
+
+    #[test]
+    fn forwarded_entries_with_ports_are_addresses() {
+        let trusted = vec![Cidr::parse("10.0.0.0/8").unwrap()];
+        let peer = Peer::new("10.0.0.9".parse().unwrap(), false, &trusted);
+        for (xff, client) in [
+            ("6.6.6.6, 9.9.9.9:1234", "9.9.9.9"),
+            ("6.6.6.6, [2001:db8::1]:443", "2001:db8::1"),
+            ("6.6.6.6, [2001:db8::1]", "2001:db8::1"),
+            ("6.6.6.6, 2001:db8::2, 10.0.0.1:80", "2001:db8::2"),
+            ("6.6.6.6,, 1.2.3.4 ,", "1.2.3.4"),
+        ] {
+            let h = map(&[("x-forwarded-for", xff)]);
+            assert_eq!(client_ip(&peer, &h, &trusted).to_string(), client, "{xff}");
+        }
+    }
+
+    /// A forged entry behind one that does not parse never becomes the client: the walk stops
+    /// at the last trusted hop (the peer, or a trusted address to the right of the bad entry).
+    #[test]
+    fn an_unparseable_forwarded_entry_ends_the_walk() {
+        let trusted = vec![Cidr::parse("10.0.0.0/8").unwrap()];
+        let peer = Peer::new("10.0.0.9".parse().unwrap(), false, &trusted);
+        for (xff, client) in [
+            ("6.6.6.6, unknown", "10.0.0.9"),
+            ("6.6.6.6, 1.2.3.4:abc", "10.0.0.9"),
+            ("6.6.6.6, _hidden, 10.1.1.1", "10.1.1.1"),
+            ("6.6.6.6, 2001:db8::1:443x", "10.0.0.9"),
+        ] {
+            let h = map(&[("x-forwarded-for", xff)]);
+            assert_eq!(client_ip(&peer, &h, &trusted).to_string(), client, "{xff}");
+        }
+        // Several header lines read as one list, the last line nearest.
+        let mut h = map(&[("x-forwarded-for", "6.6.6.6")]);
+        h.append("x-forwarded-for", HeaderValue::from_static("unknown"));
+        assert_eq!(client_ip(&peer, &h, &trusted), peer.ip);
     }
 }

@@ -5,7 +5,9 @@ use super::access_log::{self, AccessLog};
 use super::body::{ClientBody, RequestBody, ResponseBody};
 use super::call::Call;
 use super::forward::{self, Peer};
+use super::framing::FramingAudit;
 use super::grpc;
+use super::path;
 use super::route::normalize_host;
 use crate::error::ProxyError;
 use crate::metrics::status_class;
@@ -30,6 +32,9 @@ pub struct ConnContext {
     pub listener: Arc<ListenerRuntime>,
     /// Set on plaintext HTTP/1 connections, which are parked when idle (`crate::park`).
     pub activity: Option<Arc<ConnActivity>>,
+    /// Set on HTTP/1 connections: which request heads had both `Content-Length` and
+    /// `Transfer-Encoding`, which hyper resolves without telling (`super::framing`).
+    pub framing: Option<Arc<FramingAudit>>,
 }
 
 /// Serves one request; never fails (every failure is an HTTP answer) and never panics.
@@ -52,10 +57,15 @@ pub async fn handle(
     let snapshot = shared.snapshot.load_full();
     let log = access_log::enabled();
     let method = req.method().clone();
-    let path_for_log = if log {
-        req.uri().path().to_string()
+    let (path_for_log, client) = if log {
+        let trusted = &conn.listener.config.trusted_proxies;
+        let peer = Peer::new(conn.peer.ip(), conn.tls, trusted);
+        (
+            req.uri().path().to_string(),
+            forward::client_ip(&peer, req.headers(), trusted),
+        )
     } else {
-        String::new()
+        (String::new(), conn.peer.ip())
     };
     // Everything before the upstream call is synchronous and consumes the request, so this
     // future holds a `Call` across its one wait instead of copies of the request at every
@@ -135,6 +145,7 @@ pub async fn handle(
             None => Default::default(),
         };
         resp.body_mut().set_on_complete(Box::new(AccessLog {
+            client,
             method,
             host: host.unwrap_or_default(),
             path: path_for_log,
@@ -189,12 +200,27 @@ enum Routed<'a> {
 fn proxy<'a>(
     snapshot: &'a crate::snapshot::Snapshot,
     conn: &ConnContext,
-    req: Request<ClientBody>,
+    mut req: Request<ClientBody>,
     started: Instant,
     log: bool,
     grpc: bool,
 ) -> Routed<'a> {
     let settings = &conn.listener.config;
+    // Asked for every request, so the audit's count stays in step with the connection's.
+    let conflicting_framing = conn
+        .framing
+        .as_ref()
+        .is_some_and(|audit| audit.next_request_conflicts());
+    if conflicting_framing && req.headers().contains_key(header::TRANSFER_ENCODING) {
+        return Routed::Done((
+            Err(ProxyError::BadRequest(
+                "both Content-Length and Transfer-Encoding",
+            )),
+            None,
+            None,
+            None,
+        ));
+    }
     if req.method() == Method::CONNECT {
         return Routed::Done((Err(ProxyError::MethodNotAllowed), None, None, None));
     }
@@ -206,11 +232,9 @@ fn proxy<'a>(
     if header_bytes > settings.max_header_bytes {
         return Routed::Done((Err(ProxyError::HeadersTooLarge), None, None, None));
     }
-    // The host as the client sent it: the authority of an absolute-form (or HTTP/2) target wins
-    // over the Host header, as RFC 9112 §3.2.2 requires.
-    let raw_host: Option<HeaderValue> = match req.uri().authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => req.headers().get(header::HOST).cloned(),
+    let raw_host = match request_host(&req) {
+        Ok(h) => h,
+        Err(e) => return Routed::Done((Err(e), None, None, None)),
     };
     let host: Cow<'_, str> = match raw_host
         .as_ref()
@@ -235,6 +259,35 @@ fn proxy<'a>(
             ))
         }
     };
+    if settings.normalize_path {
+        // Routed on and forwarded alike: the upstream gets the path the route matched.
+        let normalized = match path::normalize_path(req.uri().path()) {
+            Ok(Cow::Borrowed(_)) => None,
+            Ok(Cow::Owned(p)) => Some(p),
+            Err(why) => {
+                return Routed::Done((
+                    Err(ProxyError::BadRequest(why)),
+                    None,
+                    None,
+                    Some(host.into_owned()),
+                ))
+            }
+        };
+        if let Some(p) = normalized {
+            let uri = std::mem::take(req.uri_mut());
+            match path::with_path(uri, &p) {
+                Some(uri) => *req.uri_mut() = uri,
+                None => {
+                    return Routed::Done((
+                        Err(ProxyError::BadRequest("malformed path")),
+                        None,
+                        None,
+                        Some(host.into_owned()),
+                    ))
+                }
+            }
+        }
+    }
     let Some(route) = snapshot
         .router
         .find(&host, req.uri().path())
@@ -260,6 +313,32 @@ fn proxy<'a>(
         },
         Err(e) => Routed::Done((Err(e), Some(route), None, host)),
     }
+}
+
+/// The host as the client sent it: the authority of an absolute-form (or HTTP/2) target wins
+/// over the Host header, as RFC 9112 §3.2.2 requires, and is what the upstream gets as `Host`.
+/// Two `Host` headers, or an HTTP/2 `host` that disagrees with `:authority`, are refused: levee
+/// and the upstream could each believe a different one.
+fn request_host(req: &Request<ClientBody>) -> Result<Option<HeaderValue>, ProxyError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("two Host headers"));
+    }
+    let Some(authority) = req.uri().authority() else {
+        return Ok(host.cloned());
+    };
+    if req.version() == Version::HTTP_2
+        && host.is_some_and(|h| {
+            !h.as_bytes()
+                .eq_ignore_ascii_case(authority.as_str().as_bytes())
+        })
+    {
+        return Err(ProxyError::BadRequest(
+            "host header disagrees with :authority",
+        ));
+    }
+    Ok(HeaderValue::from_str(authority.as_str()).ok())
 }
 
 /// The call for `route`'s stack: the request checked against the route's limits, its headers
@@ -294,6 +373,8 @@ fn prepare(
     let peer = Peer::new(conn.peer.ip(), conn.tls, &settings.trusted_proxies);
     let client_ip = forward::client_ip(&peer, req.headers(), &settings.trusted_proxies);
     let version = req.version();
+    // An absolute-form target's authority replaces the client's Host (RFC 9112 §3.2.2).
+    let host_from_target = req.uri().authority().is_some();
     let (mut parts, body) = req.into_parts();
     parts.extensions.clear();
     let mut upstream_req = Request::from_parts(
@@ -320,7 +401,7 @@ fn prepare(
         None
     };
     forward::add_forwarding_headers(headers, &peer, raw_host, version);
-    if !headers.contains_key(header::HOST) && !raw_host.is_empty() {
+    if !raw_host.is_empty() && (host_from_target || !headers.contains_key(header::HOST)) {
         headers.insert(header::HOST, raw_host.clone());
     }
 
@@ -348,6 +429,8 @@ fn respond(
     let endpoint = answer.endpoint;
     let deferred = answer.deferred;
     let mut resp = answer.resp;
+    // Only levee writes it: an upstream's copy would pass for levee's own verdict.
+    resp.headers_mut().remove(forward::X_LEVEE_ERROR);
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {

@@ -414,7 +414,7 @@ async fn http2_prior_knowledge_client() {
     assert_eq!(origin.hits(), 4);
 }
 
-/// An HTTP/1.1 upgrade is tunnelled: 101 comes back, then raw bytes flow both ways.
+/// A WebSocket upgrade is tunnelled: 101 comes back, then raw bytes flow both ways.
 #[tokio::test]
 async fn upgrade_is_tunnelled() {
     let origin = Origin::new()
@@ -423,8 +423,10 @@ async fn upgrade_is_tunnelled() {
         .await;
     let proxy = TestProxy::start(&simple_config(&[origin.addr], "", "")).await;
     let mut c = RawConn::connect(proxy.addr).await;
-    c.send("GET /ws HTTP/1.1\r\nHost: ws.example\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-        .await;
+    c.send(
+        "GET /ws HTTP/1.1\r\nHost: ws.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await;
     let r = c.read_response().await.expect("a response");
     assert_eq!(r.status, 101, "{r:?}");
     assert_eq!(r.header("upgrade"), Some("echo"));
@@ -434,7 +436,7 @@ async fn upgrade_is_tunnelled() {
         assert_eq!(back, msg.as_bytes());
     }
     let seen = origin.last().unwrap();
-    assert_eq!(seen.headers["upgrade"], "echo");
+    assert_eq!(seen.headers["upgrade"], "websocket");
 }
 
 // --- levee check, through the real binary -------------------------------------------------------

@@ -198,7 +198,7 @@ async fn an_unread_request_body_is_never_parsed_as_a_request() {
 
 async fn upgrade_and_echo(c: &mut RawConn, early: &str) {
     c.send(format!(
-        "GET /ws HTTP/1.1\r\nHost: app.example\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n{early}"
+        "GET /ws HTTP/1.1\r\nHost: app.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n{early}"
     ))
     .await;
     let r = c.read_response().await.expect("a response");

@@ -11,6 +11,7 @@ mod fuzz_corpus;
 mod global_limit;
 mod grpc;
 mod hostile;
+mod hygiene;
 mod keepalive;
 mod lifecycle;
 mod observability;

@@ -172,6 +172,32 @@ async fn sni_picks_the_certificate_and_alpn_negotiates() {
         .all(|s| s.headers["x-forwarded-proto"] == "https"));
 }
 
+/// HTTP/1.1 over TLS gets the same framing check as plaintext: a request with both
+/// Content-Length and Transfer-Encoding is 400 `bad_request` and never forwarded.
+#[tokio::test]
+async fn content_length_with_chunked_is_refused_over_tls() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let a = gen_cert(dir.path(), "a.test", None);
+    let origin = Origin::new().start().await;
+    let proxy = TestProxy::start(&tls_config(origin.addr, &[&a], "")).await;
+    let mut s = connect(proxy.addr, "a.test", &[&a.der], &["http/1.1"]).await;
+    s.write_all(
+        b"POST /both HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5\r\n\
+          Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer))
+        .await
+        .expect("the connection was not closed");
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 400"), "{answer}");
+    assert!(answer.contains("x-levee-error: bad_request"), "{answer}");
+    assert_eq!(origin.hits(), 0);
+}
+
 #[tokio::test]
 async fn reload_picks_up_replaced_certificates() {
     let dir = tempfile::tempdir().unwrap();
