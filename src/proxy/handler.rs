@@ -10,8 +10,8 @@ use crate::error::ProxyError;
 use crate::metrics::status_class;
 use crate::park::rewind::Rewind;
 use crate::park::{ConnActivity, Upgraded};
-use crate::shared::Shared;
 use crate::snapshot::{ListenerRuntime, Route};
+use crate::worker::Worker;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -33,7 +33,7 @@ pub struct ConnContext {
 
 /// Serves one request; never fails (every failure is an HTTP answer) and never panics.
 pub async fn handle(
-    shared: Arc<Shared>,
+    worker: Arc<Worker>,
     conn: Arc<ConnContext>,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
@@ -45,8 +45,10 @@ pub async fn handle(
         .as_ref()
         .map(|a| a.begin(forward::wants_close(req.version(), req.headers())));
     // A guard, not inc/dec: the future is dropped mid-way when the client goes away.
+    let shared = &worker.shared;
     let in_flight = InFlight::new(&shared.metrics.in_flight);
-    let snapshot = shared.snapshot.load_full();
+    // The worker's own reference to the snapshot: no reference count shared with other cores.
+    let snapshot = worker.snapshot();
     let log = access_log::enabled();
     let method = req.method().clone();
     let path_for_log = if log {
@@ -132,10 +134,10 @@ pub async fn handle(
 }
 
 /// Counts a request in `levee_in_flight_requests` for as long as it lives.
-struct InFlight<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+struct InFlight<'a>(&'a crate::metrics::ShardedGauge);
 
 impl<'a> InFlight<'a> {
-    fn new(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+    fn new(gauge: &'a crate::metrics::ShardedGauge) -> Self {
         gauge.inc();
         InFlight(gauge)
     }
@@ -378,7 +380,7 @@ mod tests {
     use super::*;
 
     fn future_size<F: std::future::Future>(
-        _: impl FnOnce(Arc<Shared>, Arc<ConnContext>, Request<Incoming>) -> F,
+        _: impl FnOnce(Arc<Worker>, Arc<ConnContext>, Request<Incoming>) -> F,
     ) -> usize {
         std::mem::size_of::<F>()
     }
