@@ -24,6 +24,11 @@ impl ShardedCounter {
     pub fn get(&self) -> u64 {
         self.0.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
+
+    /// Each shard's count: index 0 the control (or only) runtime, then worker 1, 2, …
+    pub fn per_worker(&self) -> Vec<u64> {
+        self.0.iter().map(|c| c.load(Ordering::Relaxed)).collect()
+    }
 }
 
 impl TypedMetric for ShardedCounter {

@@ -15,3 +15,4 @@ mod observability;
 mod resilience;
 mod tls;
 mod upstream_h1;
+mod workers;

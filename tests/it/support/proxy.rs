@@ -36,10 +36,15 @@ pub fn workers() -> Workers {
 impl TestProxy {
     /// Starts levee on `toml`; the first listener should be named "main" and bind 127.0.0.1:0.
     pub async fn start(toml: &str) -> TestProxy {
+        Self::start_with(toml, workers()).await
+    }
+
+    /// Like [`TestProxy::start`], on `workers` whatever `LEVEE_TEST_WORKERS` says.
+    pub async fn start_with(toml: &str, workers: Workers) -> TestProxy {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("levee.toml");
         std::fs::write(&path, with_defaults(toml)).unwrap();
-        let levee = Levee::start_with(ConfigSource::File(path.clone()), false, workers())
+        let levee = Levee::start_with(ConfigSource::File(path.clone()), false, workers)
             .await
             .unwrap_or_else(|e| panic!("levee did not start: {e}"));
         let addr = levee
