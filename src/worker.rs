@@ -18,8 +18,11 @@
 //! wakes every worker per connection (no `EPOLLEXCLUSIVE` in tokio). nginx (`reuseport`),
 //! Envoy and Pingora take the same per-worker-socket route.
 
+use crate::metrics::RouteMetrics;
+use crate::proxy::stack::{self, RouteStack};
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
+use crate::upstream::WorkerUpstream;
 use arc_swap::ArcSwap;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -79,16 +82,60 @@ pub fn reserve_shards(workers: usize) {
     SHARDS.fetch_max(workers + 1, Ordering::Relaxed);
 }
 
-/// The snapshot as one worker holds it. A worker's own allocation: a request takes a reference
-/// to it, so the reference count written per request is this worker's alone, not the shared
-/// snapshot's (which every core would write).
-pub struct WorkerSnapshot(pub Arc<Snapshot>);
+/// The snapshot as one worker holds it, with the worker's own route stacks. A request takes a
+/// reference to it and clones its route's stack: every reference count written per request
+/// belongs to this worker alone, where the shared snapshot's, its upstreams' and its route
+/// metrics' counts would be written by every core.
+pub struct WorkerSnapshot {
+    pub snapshot: Arc<Snapshot>,
+    /// `snapshot.routes[i]`'s stack is `stacks[i]`.
+    pub stacks: Vec<WorkerRoute>,
+}
+
+/// One route's stack as a worker runs it.
+pub struct WorkerRoute {
+    pub stack: RouteStack,
+    pub upstream: Arc<WorkerUpstream>,
+}
+
+impl WorkerSnapshot {
+    pub fn new(snapshot: Arc<Snapshot>) -> WorkerSnapshot {
+        let upstreams: Vec<Arc<WorkerUpstream>> = snapshot
+            .upstreams
+            .iter()
+            .map(|u| Arc::new(WorkerUpstream(u.clone())))
+            .collect();
+        let stacks = snapshot
+            .routes
+            .iter()
+            .map(|r| {
+                let upstream = upstreams
+                    .iter()
+                    .find(|u| Arc::ptr_eq(&u.0, &r.upstream))
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(WorkerUpstream(r.upstream.clone())));
+                let metrics = Arc::new(RouteMetrics::clone(&r.metrics));
+                WorkerRoute {
+                    stack: stack::build(
+                        &upstream,
+                        r.config.timeout,
+                        r.limiter.as_ref(),
+                        r.retry.as_ref(),
+                        &metrics,
+                    ),
+                    upstream,
+                }
+            })
+            .collect();
+        WorkerSnapshot { snapshot, stacks }
+    }
+}
 
 impl std::ops::Deref for WorkerSnapshot {
     type Target = Snapshot;
 
     fn deref(&self) -> &Snapshot {
-        &self.0
+        &self.snapshot
     }
 }
 
@@ -107,7 +154,7 @@ impl Worker {
         let mut workers = shared.workers.lock();
         let worker = Arc::new(Worker {
             index,
-            snapshot: ArcSwap::from_pointee(WorkerSnapshot(shared.snapshot.load_full())),
+            snapshot: ArcSwap::from_pointee(WorkerSnapshot::new(shared.snapshot.load_full())),
             shared: shared.clone(),
         });
         workers.push(Arc::downgrade(&worker));
@@ -123,7 +170,7 @@ impl Worker {
 
     pub(crate) fn set_snapshot(&self, snapshot: &Arc<Snapshot>) {
         self.snapshot
-            .store(Arc::new(WorkerSnapshot(snapshot.clone())));
+            .store(Arc::new(WorkerSnapshot::new(snapshot.clone())));
     }
 }
 

@@ -169,7 +169,7 @@ pub struct ResponseBody {
     done: bool,
     on_complete: Option<Box<dyn OnComplete>>,
     /// The upstream and endpoint that are charged if this body breaks after the headers.
-    charge: Option<(std::sync::Arc<crate::upstream::Upstream>, usize)>,
+    charge: Option<(std::sync::Arc<crate::upstream::WorkerUpstream>, usize)>,
     /// Keeps a parkable connection busy until this body is sent or abandoned.
     busy: Option<Busy>,
 }
@@ -224,7 +224,7 @@ impl ResponseBody {
     /// Charges `endpoint` of `upstream` (breaker and outlier detection) if this body fails.
     pub fn charge_failures_to(
         mut self,
-        upstream: std::sync::Arc<crate::upstream::Upstream>,
+        upstream: std::sync::Arc<crate::upstream::WorkerUpstream>,
         endpoint: usize,
     ) -> Self {
         self.charge = Some((upstream, endpoint));

@@ -11,7 +11,7 @@ use crate::metrics::status_class;
 use crate::park::rewind::Rewind;
 use crate::park::{ConnActivity, Upgraded};
 use crate::snapshot::{ListenerRuntime, Route};
-use crate::worker::Worker;
+use crate::worker::{Worker, WorkerRoute, WorkerSnapshot};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -70,11 +70,12 @@ pub async fn handle(
         Routed::Done(outcome) => outcome,
         Routed::Call {
             route,
+            local,
             call,
             upgrade,
             host,
-        } => match route.stack.clone().oneshot(call).await {
-            Ok(answer) => match respond(route, answer, upgrade) {
+        } => match local.stack.clone().oneshot(call).await {
+            Ok(answer) => match respond(route, local, answer, upgrade) {
                 Ok((resp, endpoint)) => (Ok(resp), Some(route), Some(endpoint), host),
                 Err(e) => (Err(e), Some(route), None, host),
             },
@@ -162,6 +163,8 @@ enum Routed<'a> {
     Done(Outcome<'a>),
     Call {
         route: &'a Route,
+        /// The route's stack on this worker.
+        local: &'a WorkerRoute,
         call: Call,
         upgrade: Option<ClientUpgrade>,
         host: Option<String>,
@@ -169,7 +172,7 @@ enum Routed<'a> {
 }
 
 fn proxy<'a>(
-    snapshot: &'a crate::snapshot::Snapshot,
+    snapshot: &'a WorkerSnapshot,
     conn: &ConnContext,
     req: Request<ClientBody>,
     started: Instant,
@@ -216,10 +219,10 @@ fn proxy<'a>(
             ))
         }
     };
-    let Some(route) = snapshot
+    let Some((route, local)) = snapshot
         .router
         .find(&host, req.uri().path())
-        .and_then(|i| snapshot.routes.get(i))
+        .and_then(|i| Some((snapshot.routes.get(i)?, snapshot.stacks.get(i)?)))
     else {
         return Routed::Done((
             Err(ProxyError::NoRoute),
@@ -234,6 +237,7 @@ fn proxy<'a>(
     match prepare(route, conn, req, &raw_host, started) {
         Ok((call, upgrade)) => Routed::Call {
             route,
+            local,
             call,
             upgrade,
             host,
@@ -303,6 +307,7 @@ fn prepare(
 /// The client's response from the upstream's answer; a 101 starts the tunnel.
 fn respond(
     route: &Route,
+    local: &WorkerRoute,
     answer: crate::proxy::call::Answer,
     client_upgrade: Option<ClientUpgrade>,
 ) -> Result<(Response<ResponseBody>, usize), ProxyError> {
@@ -352,7 +357,7 @@ fn respond(
         Response::from_parts(
             parts,
             ResponseBody::upstream(body, route.config.timeout)
-                .charge_failures_to(route.upstream.clone(), endpoint),
+                .charge_failures_to(local.upstream.clone(), endpoint),
         ),
         endpoint,
     ))

@@ -350,11 +350,11 @@ fn classify(err: hyper_util::client::legacy::Error) -> ProxyError {
 /// The innermost service: sends the call to the chosen endpoint before its deadline.
 #[derive(Clone)]
 pub struct ClientService {
-    upstream: std::sync::Arc<crate::upstream::Upstream>,
+    upstream: std::sync::Arc<crate::upstream::WorkerUpstream>,
 }
 
 impl ClientService {
-    pub fn new(upstream: std::sync::Arc<crate::upstream::Upstream>) -> Self {
+    pub fn new(upstream: std::sync::Arc<crate::upstream::WorkerUpstream>) -> Self {
         ClientService { upstream }
     }
 }
