@@ -183,8 +183,14 @@ mod tests {
             ours.observe(v);
             theirs.observe(v);
         }
-        let (oc, tc) = (ShardedCounter::default(), prometheus_client::metrics::counter::Counter::<u64>::default());
-        let (og, tg) = (ShardedGauge::default(), prometheus_client::metrics::gauge::Gauge::<i64>::default());
+        let (oc, tc) = (
+            ShardedCounter::default(),
+            prometheus_client::metrics::counter::Counter::<u64>::default(),
+        );
+        let (og, tg) = (
+            ShardedGauge::default(),
+            prometheus_client::metrics::gauge::Gauge::<i64>::default(),
+        );
         for _ in 0..3 {
             oc.inc();
             tc.inc();

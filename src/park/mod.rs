@@ -27,8 +27,8 @@ pub use activity::{Busy, ConnActivity, Upgraded};
 use rewind::Rewind;
 
 use crate::proxy::handler::{handle, ConnContext};
-use crate::worker::Worker;
 use crate::snapshot::ListenerRuntime;
+use crate::worker::Worker;
 use bytes::Bytes;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;

@@ -46,9 +46,15 @@ async fn connections_spread_over_the_workers_and_the_metrics_add_up() {
         })
         .per_worker();
     assert_eq!(served.iter().sum::<u64>(), 64, "{served:?}");
-    assert_eq!(served[0], 0, "the control runtime served requests: {served:?}");
+    assert_eq!(
+        served[0], 0,
+        "the control runtime served requests: {served:?}"
+    );
     let workers_serving = served.iter().filter(|n| **n > 0).count();
-    assert!(workers_serving >= 2, "one worker served everything: {served:?}");
+    assert!(
+        workers_serving >= 2,
+        "one worker served everything: {served:?}"
+    );
 
     // What a scrape shows is the sum over the workers.
     let text = get_text(&proxy.admin_url("/metrics")).await;
