@@ -88,7 +88,8 @@ fn main() -> ExitCode {
         }) => {
             logging::init(cli.log_level.as_deref(), cli.log_format);
             let (bind, admin) = (bind.clone(), admin.clone());
-            run_async(async move { levee::demo::run(&bind, &admin).await })
+            let workers = worker_count(cli.workers);
+            run_async(async move { levee::demo::run(&bind, &admin, workers).await })
         }
         Some(Command::Run { watch }) => {
             logging::init(cli.log_level.as_deref(), cli.log_format);
