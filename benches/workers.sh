@@ -5,7 +5,7 @@
 #   - context switches (perf stat, else /proc voluntary+nonvoluntary switches),
 #   - CPU µs (user+sys of levee's threads from /proc; noisy on a shared box);
 # and, with CALLGRIND=1, user-space instructions per request at --workers 1 (callgrind, counters
-# zeroed after a warm-up, then wrk -c10; noise-free).
+# zeroed after a warm-up, then wrk -c10 for DURATION s, then dumped; noise-free).
 #
 #   BINS="/work/levee-before target/release/levee" WORKERS=2 DURATION=8 benches/workers.sh
 #   CALLGRIND=1 BINS="..." benches/workers.sh
@@ -89,21 +89,20 @@ printf '%-28s %8s %10s %12s %10s %10s\n' binary workers req/s futex/req ctxsw/re
 for bin in $BINS; do
   case $bin in /*) ;; *) bin=$repo/$bin ;; esac
   if [ "$CALLGRIND" = 1 ]; then
-    valgrind --tool=callgrind --collect-atstart=no --callgrind-out-file="$work/cg.%p" \
+    valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" \
       "$bin" run --config "$work/levee.toml" --workers 1 --log-level warn 2>"$work/vg.err" &
     vpid=$!; pids+=($vpid)
     for _ in $(seq 300); do curl -fsS -o /dev/null "http://$LISTEN/" 2>/dev/null && break; sleep 0.2; done
     load 3 10 "$work/warm"
-    callgrind_control -i on "$vpid" >/dev/null
+    callgrind_control -z "$vpid" >/dev/null
     load "$DURATION" 10 "$work/cg.wrk"
-    callgrind_control -i off "$vpid" >/dev/null
     callgrind_control -d "$vpid" >/dev/null
     kill "$vpid"; wait "$vpid" 2>/dev/null || true
-    ir=$(for f in "$work"/cg.*; do case $f in *.wrk) ;; *) callgrind_annotate "$f" 2>/dev/null |
-      awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}'; esac; done | awk '{s += $1} END {print s}')
+    # The dump holds what ran between zeroing the counters and dumping them.
+    ir=$(awk '/^totals:/ {print $2}' "$work"/cg.*.1)
     n=$(requests "$work/cg.wrk")
     echo "$(basename "$bin"): $((ir / n)) instructions per request (user space, --workers 1, $n requests)"
-    rm -f "$work"/cg.*
+    [ -n "${KEEP_WORK:-}" ] || rm -f "$work"/cg.*
     continue
   fi
   "$bin" run --config "$work/levee.toml" --workers "$WORKERS" --log-level warn &
