@@ -6,6 +6,7 @@ use crate::error::ProxyError;
 use crate::proxy::body::{RequestBody, RequestBodyError, ResponseBodyError};
 use crate::proxy::call::CallRequest;
 use crate::upstream::h1::{DirectBody, DirectClient};
+use crate::worker::Sharded;
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{Method, Request, Response, Uri, Version};
@@ -26,7 +27,9 @@ type Connector = TrackingConnector<HttpsConnector<HttpConnector>>;
 /// Sends requests to an upstream's endpoints over pooled connections.
 #[derive(Clone)]
 pub struct UpstreamClient {
-    client: Client<Connector, RequestBody>,
+    /// One per worker (`crate::worker`): each has its own pool, so a pooled connection (and
+    /// the task hyper runs it on) stays on the worker that opened it.
+    clients: Arc<Sharded<Client<Connector, RequestBody>>>,
     /// For plain-TCP HTTP/1.1 upstreams: levee's own client for bodiless and buffered requests.
     direct: Option<Arc<DirectClient>>,
     scheme: Scheme,
@@ -68,7 +71,9 @@ impl UpstreamClient {
         let direct = (config.protocol == UpstreamProtocol::Http1 && config.tls.is_none())
             .then(|| Arc::new(DirectClient::new(config)));
         Ok(UpstreamClient {
-            client: b.build(TrackingConnector(connector)),
+            clients: Arc::new(Sharded::new(|| {
+                b.build(TrackingConnector(connector.clone()))
+            })),
             direct,
             scheme: if config.tls.is_some() {
                 Scheme::HTTPS
@@ -128,12 +133,13 @@ impl UpstreamClient {
         *req.version_mut() = self.version;
         // What it takes to send the request again if a pooled connection turns out to be dead.
         let replay = replayable(&req);
-        match self.client.request(req).await {
+        let client = self.clients.local();
+        match client.request(req).await {
             Ok(resp) => Ok(answered(resp)),
             Err(err) => match replay {
                 Some(again) if is_stale_connection(&err) => {
                     tracing::debug!(error = %err, "pooled connection was closed; sending again");
-                    self.client
+                    client
                         .request(again.into_request())
                         .await
                         .map(answered)
