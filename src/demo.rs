@@ -127,6 +127,7 @@ half_open_calls = 3
 pub async fn start(
     bind: &str,
     admin: &str,
+    workers: crate::worker::Workers,
 ) -> Result<(Arc<Levee>, SocketAddr, SocketAddr), String> {
     let healthy = backend(Behaviour {
         name: "healthy",
@@ -145,17 +146,21 @@ pub async fn start(
     .await
     .map_err(|e| format!("cannot start the flaky demo backend: {e}"))?;
     let text = config(bind, admin, healthy, flaky);
-    let levee = Levee::start(ConfigSource::Text {
-        name: "<demo>".into(),
-        text,
-    })
+    let levee = Levee::start_with(
+        ConfigSource::Text {
+            name: "<demo>".into(),
+            text,
+        },
+        false,
+        workers,
+    )
     .await
     .map_err(|e| e.to_string())?;
     Ok((levee, healthy, flaky))
 }
 
-pub async fn run(bind: &str, admin: &str) -> ExitCode {
-    let (levee, healthy, flaky) = match start(bind, admin).await {
+pub async fn run(bind: &str, admin: &str, workers: crate::worker::Workers) -> ExitCode {
+    let (levee, healthy, flaky) = match start(bind, admin, workers).await {
         Ok(v) => v,
         Err(e) => {
             eprintln!("levee demo: {e}");

@@ -5,11 +5,12 @@
 //! bits) with the count (low 32 bits). Recording is a load and a `fetch_add` — or, on the first
 //! event of a new second, a compare-and-swap that claims the slot for that second and restarts
 //! its count at one. A reader ignores slots tagged with another second, so a slot nobody wrote
-//! to for a while reads as zero without anything clearing it. Memory is fixed: 60 × 2 × 8 bytes.
+//! to for a while reads as zero without anything clearing it. Memory is fixed: 60 × 2 × 8 bytes per worker.
 //!
 //! The clock is the wall clock (`SystemTime`): the history is for display only, and a wall-clock
 //! step merely misplaces a few seconds of it.
 
+use crate::worker::Sharded;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -29,10 +30,13 @@ fn tag(second: u64) -> u64 {
     (second & 0xffff_ffff) << 32
 }
 
-/// A 60-second ring of two per-second counters.
+/// `ring[s % SLOTS][series]`: tag of the second in the high half, count in the low half.
+type Ring = [[AtomicU64; 2]; SLOTS];
+
+/// A 60-second ring of two per-second counters, one ring per worker (`crate::worker`): a
+/// request writes its own worker's ring, a reader sums them.
 pub struct History {
-    /// `slots[s % SLOTS][series]`: tag of the second in the high half, count in the low half.
-    slots: [[AtomicU64; 2]; SLOTS],
+    slots: Sharded<Ring>,
 }
 
 impl Default for History {
@@ -59,7 +63,7 @@ pub struct Series {
 impl History {
     pub fn new() -> Self {
         History {
-            slots: std::array::from_fn(|_| [AtomicU64::new(0), AtomicU64::new(0)]),
+            slots: Sharded::new(|| std::array::from_fn(|_| [AtomicU64::new(0), AtomicU64::new(0)])),
         }
     }
 
@@ -71,7 +75,7 @@ impl History {
 
     /// Counts one event in `second`.
     pub fn record_at(&self, second: u64, marked: bool) {
-        let slot = &self.slots[(second % SLOTS as u64) as usize];
+        let slot = &self.slots.local()[(second % SLOTS as u64) as usize];
         bump(&slot[0], second);
         if marked {
             bump(&slot[1], second);
@@ -93,9 +97,14 @@ impl History {
             marked.push(0);
         }
         for s in first..=end {
-            let slot = &self.slots[(s % SLOTS as u64) as usize];
-            total.push(read(&slot[0], s));
-            marked.push(read(&slot[1], s));
+            let i = (s % SLOTS as u64) as usize;
+            let (mut t, mut m) = (0, 0);
+            for ring in self.slots.iter() {
+                t += read(&ring[i][0], s);
+                m += read(&ring[i][1], s);
+            }
+            total.push(t);
+            marked.push(m);
         }
         Series { end, total, marked }
     }
@@ -211,7 +220,8 @@ mod tests {
 
     #[test]
     fn size_is_bounded() {
-        assert_eq!(std::mem::size_of::<History>(), SLOTS * 2 * 8);
+        // Per worker: one ring, nothing that grows.
+        assert_eq!(std::mem::size_of::<Ring>(), SLOTS * 2 * 8);
         let h = History::new();
         for sec in 0..10_000 {
             h.record_at(sec, true);

@@ -13,6 +13,7 @@ pub mod layers;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
+pub mod metrics_sharded;
 pub mod park;
 pub mod proxy;
 pub mod redis;
@@ -26,5 +27,7 @@ pub mod status_cli;
 pub mod tls;
 pub mod upstream;
 pub mod watch;
+pub mod worker;
 
 pub use runtime::{ConfigSource, Levee, StartError};
+pub use worker::Workers;

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use levee::logging::{self, LogFormat};
-use levee::{ConfigSource, Levee};
+use levee::{ConfigSource, Levee, Workers};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -33,7 +33,8 @@ struct Cli {
     log_level: Option<String>,
     #[arg(long, global = true, value_enum, default_value = "text")]
     log_format: LogFormat,
-    /// Runtime worker threads (default: number of CPUs).
+    /// Workers, each a single-threaded runtime on its own thread with its own listener sockets
+    /// (default: number of CPUs).
     #[arg(long, global = true, env = "LEVEE_WORKERS")]
     workers: Option<usize>,
 }
@@ -87,22 +88,18 @@ fn main() -> ExitCode {
         }) => {
             logging::init(cli.log_level.as_deref(), cli.log_format);
             let (bind, admin) = (bind.clone(), admin.clone());
-            run_async(
-                cli.workers,
-                async move { levee::demo::run(&bind, &admin).await },
-            )
+            let workers = worker_count(cli.workers);
+            run_async(async move { levee::demo::run(&bind, &admin, workers).await })
         }
         Some(Command::Run { watch }) => {
             logging::init(cli.log_level.as_deref(), cli.log_format);
-            run_async(cli.workers, async move {
-                run(ConfigSource::File(config), watch).await
-            })
+            let workers = worker_count(cli.workers);
+            run_async(async move { run(ConfigSource::File(config), watch, workers).await })
         }
         None => {
             logging::init(cli.log_level.as_deref(), cli.log_format);
-            run_async(cli.workers, async move {
-                run(ConfigSource::File(config), false).await
-            })
+            let workers = worker_count(cli.workers);
+            run_async(async move { run(ConfigSource::File(config), false, workers).await })
         }
     }
 }
@@ -128,26 +125,25 @@ fn check(config: PathBuf) -> ExitCode {
     }
 }
 
-fn run_async(workers: Option<usize>, fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
-    let workers = workers.filter(|w| *w > 0).unwrap_or_else(|| {
+/// `--workers`, or one per CPU.
+fn worker_count(workers: Option<usize>) -> Workers {
+    Workers::from_count(workers.filter(|w| *w > 0).unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
-    });
-    // One worker: a current-thread runtime avoids cross-thread wakeups entirely.
-    let runtime = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_all()
-            .build()
-    };
-    match runtime {
+    }))
+}
+
+/// The runtime `main` runs on: with one worker it serves everything, with more it carries the
+/// control plane (signals, reloads, the admin listener, health checks) and each worker gets a
+/// runtime of its own (`levee::worker`). Single-threaded either way: no cross-thread wakeups.
+fn run_async(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => {
-            rt.spawn(keep_timer_wheel_armed());
+            rt.spawn(levee::worker::keep_timer_wheel_armed());
             rt.block_on(fut)
         }
         Err(e) => {
@@ -157,20 +153,7 @@ fn run_async(workers: Option<usize>, fut: impl std::future::Future<Output = Exit
     }
 }
 
-/// Keeps a timer due within a second at all times. tokio wakes its I/O driver through an eventfd
-/// (a system call, and one more return from epoll) whenever a timer is set earlier than every
-/// timer the driver saw when it went to sleep, which with no timer pending is every timer: the
-/// first request deadline after an idle moment, under load nearly once per request (strace).
-/// With this timer pending, request deadlines (seconds away) are never the earliest.
-async fn keep_timer_wheel_armed() {
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-    }
-}
-
-async fn run(source: ConfigSource, watch: bool) -> ExitCode {
+async fn run(source: ConfigSource, watch: bool, workers: Workers) -> ExitCode {
     // Before binding: a SIGHUP right after the listeners are up must reload, not kill us.
     let signals = match levee::lifecycle::Signals::install() {
         Ok(s) => s,
@@ -179,7 +162,7 @@ async fn run(source: ConfigSource, watch: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let levee = match Levee::start_watching_if(source, watch).await {
+    let levee = match Levee::start_with(source, watch, workers).await {
         Ok(l) => l,
         Err(e) => {
             for line in e.to_string().lines() {

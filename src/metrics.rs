@@ -5,8 +5,9 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
+
+pub use crate::metrics_sharded::{ShardedCounter, ShardedGauge, ShardedHistogram};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -58,20 +59,21 @@ pub struct BuildLabels {
     pub version: &'static str,
 }
 
-fn latency_histogram() -> Histogram {
+fn latency_histogram() -> ShardedHistogram {
     // 0.5ms .. ~33s: proxies see both cache hits and stuck backends.
-    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+    ShardedHistogram::new(prometheus_client::metrics::histogram::exponential_buckets(
         0.0005, 2.0, 17,
     ))
 }
 
-/// Every metric levee exports.
+/// Every metric levee exports. Those written per request are sharded per worker
+/// (`crate::metrics_sharded`) and summed when scraped.
 pub struct Metrics {
     registry: Registry,
-    pub requests: Family<RequestLabels, Counter>,
-    pub request_duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
-    pub upstream_duration: Family<UpstreamLabel, Histogram, fn() -> Histogram>,
-    pub in_flight: Gauge,
+    pub requests: Family<RequestLabels, ShardedCounter>,
+    pub request_duration: Family<RouteLabel, ShardedHistogram, fn() -> ShardedHistogram>,
+    pub upstream_duration: Family<UpstreamLabel, ShardedHistogram, fn() -> ShardedHistogram>,
+    pub in_flight: ShardedGauge,
     pub circuit_state: Family<UpstreamLabel, Gauge>,
     pub circuit_transitions: Family<TransitionLabels, Counter>,
     pub retries: Family<RouteLabel, Counter>,
@@ -82,7 +84,7 @@ pub struct Metrics {
     pub proxy_errors: Family<KindLabel, Counter>,
     pub reloads: Family<ResultLabel, Counter>,
     pub config_version: Gauge,
-    pub connections: Gauge,
+    pub connections: ShardedGauge,
     /// Idle HTTP/1 connections parked now (`crate::park`); also counted in `connections`.
     pub parked: Gauge,
     /// Times an idle HTTP/1 connection's hyper connection was ended to park it.
@@ -105,7 +107,7 @@ impl Metrics {
             requests: Family::default(),
             request_duration: Family::new_with_constructor(latency_histogram),
             upstream_duration: Family::new_with_constructor(latency_histogram),
-            in_flight: Gauge::default(),
+            in_flight: ShardedGauge::default(),
             circuit_state: Family::default(),
             circuit_transitions: Family::default(),
             retries: Family::default(),
@@ -116,7 +118,7 @@ impl Metrics {
             proxy_errors: Family::default(),
             reloads: Family::default(),
             config_version: Gauge::default(),
-            connections: Gauge::default(),
+            connections: ShardedGauge::default(),
             parked: Gauge::default(),
             parks: Counter::default(),
             redis_errors: Counter::default(),
@@ -263,8 +265,8 @@ pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// A route's metric handles, resolved once per snapshot.
 #[derive(Clone)]
 pub struct RouteMetrics {
-    pub requests: [Counter; 5],
-    pub duration: Histogram,
+    pub requests: [ShardedCounter; 5],
+    pub duration: ShardedHistogram,
     pub retries: Counter,
     pub budget_exhausted: Counter,
     pub rate_limited: Counter,
@@ -297,7 +299,7 @@ impl RouteMetrics {
 #[derive(Clone)]
 pub struct UpstreamMetrics {
     pub name: String,
-    pub duration: Histogram,
+    pub duration: ShardedHistogram,
     pub circuit_state: Gauge,
     pub ejections: Vec<Counter>,
     pub healthy: Vec<Gauge>,

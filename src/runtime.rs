@@ -6,6 +6,7 @@ use crate::metrics::{Metrics, ResultLabel};
 use crate::server::{self, ListenerHandle};
 use crate::shared::{ReloadOutcome, Shared};
 use crate::snapshot::Snapshot;
+use crate::worker::{WorkerRuntime, Workers};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -68,6 +69,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot start the worker threads: {0}")]
+    Workers(std::io::Error),
 }
 
 pub struct Levee {
@@ -80,6 +83,8 @@ pub struct Levee {
     me: std::sync::Weak<Levee>,
     /// The file watch, once started (`[admin] watch = true` or `levee run --watch`).
     watch: parking_lot::Mutex<Option<Arc<parking_lot::Mutex<crate::watch::FileWatch>>>>,
+    /// Where the listeners run (`crate::worker`); dropping levee ends the worker threads.
+    workers: Vec<WorkerRuntime>,
 }
 
 impl Levee {
@@ -94,6 +99,19 @@ impl Levee {
         source: ConfigSource,
         watch: bool,
     ) -> Result<Arc<Levee>, StartError> {
+        Self::start_with(source, watch, Workers::Inline).await
+    }
+
+    /// Like [`Levee::start_watching_if`], with the listeners on `workers`.
+    pub async fn start_with(
+        source: ConfigSource,
+        watch: bool,
+        workers: Workers,
+    ) -> Result<Arc<Levee>, StartError> {
+        // Before any snapshot is built: per-worker shards are sized for the workers.
+        if let Workers::Threads(n) = workers {
+            crate::worker::reserve_shards(n);
+        }
         let config = source.load()?;
         let metrics = Arc::new(Metrics::new());
         let snapshot =
@@ -103,14 +121,18 @@ impl Levee {
         let listener_configs = snapshot.config.listeners.clone();
         snapshot.activate();
         let shared = Shared::new(snapshot, metrics);
+        let worker_runtimes =
+            crate::worker::start(&shared, workers).map_err(StartError::Workers)?;
         let mut listeners = HashMap::new();
         for l in &listener_configs {
-            let tcp = server::bind(l.bind).map_err(|source| StartError::Bind {
-                what: format!("listener \"{}\"", l.name),
-                addr: l.bind,
-                source,
+            let tcp = server::bind_workers(l.bind, &worker_runtimes).map_err(|source| {
+                StartError::Bind {
+                    what: format!("listener \"{}\"", l.name),
+                    addr: l.bind,
+                    source,
+                }
             })?;
-            let h = server::spawn_listener(shared.clone(), l.name.clone(), l.bind, tcp, drain)
+            let h = server::spawn_listener(&worker_runtimes, l.name.clone(), l.bind, tcp, drain)
                 .map_err(|source| StartError::Bind {
                     what: l.name.clone(),
                     addr: l.bind,
@@ -134,6 +156,7 @@ impl Levee {
                 reload_lock: Mutex::new(()),
                 me: weak.clone(),
                 watch: parking_lot::Mutex::new(None),
+                workers: worker_runtimes,
             }
         });
         if watch || levee.shared.snapshot.load().config.admin.watch {
@@ -251,7 +274,7 @@ impl Levee {
         for l in &new_config.listeners {
             let keep = listeners.get(&l.name).is_some_and(|h| h.bind == l.bind);
             if !keep {
-                let tcp = server::bind(l.bind).map_err(|e| {
+                let tcp = server::bind_workers(l.bind, &self.workers).map_err(|e| {
                     build_error(
                         &self.source,
                         format!("listener \"{}\": cannot bind {}: {e}", l.name, l.bind),
@@ -262,13 +285,13 @@ impl Levee {
         }
         let version = snapshot.version;
         snapshot.activate();
-        self.shared.snapshot.store(Arc::new(snapshot));
+        self.shared.publish(Arc::new(snapshot));
         for (l, tcp) in fresh {
             if let Some(old) = listeners.remove(&l.name) {
                 old.begin_stop();
                 tokio::spawn(old.join());
             }
-            match server::spawn_listener(self.shared.clone(), l.name.clone(), l.bind, tcp, drain) {
+            match server::spawn_listener(&self.workers, l.name.clone(), l.bind, tcp, drain) {
                 Ok(h) => {
                     listeners.insert(l.name.clone(), h);
                 }

@@ -7,8 +7,8 @@ use crate::config::ListenerConfig;
 use crate::proxy::framing::{Audited, FramingAudit};
 use crate::proxy::handler::{handle, ConnContext};
 use crate::send_timeout::SendTimeout;
-use crate::shared::Shared;
 use crate::snapshot::ListenerRuntime;
+use crate::worker::{Worker, WorkerRuntime};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -72,20 +72,51 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
+/// Binds one socket per worker on `addr`, each registered with its worker's runtime. More than
+/// one worker: every socket has SO_REUSEPORT and the kernel spreads new connections over them
+/// (see `crate::worker` for why); with port 0 the others join the port the first one got.
+pub fn bind_workers(
+    addr: SocketAddr,
+    workers: &[WorkerRuntime],
+) -> std::io::Result<Vec<TcpListener>> {
+    let reuseport = workers.len() > 1;
+    let mut sockets: Vec<TcpListener> = Vec::with_capacity(workers.len());
+    let mut at = addr;
+    for w in workers {
+        // Registers the socket with the worker's I/O driver, not the calling runtime's.
+        let _runtime = w.handle.enter();
+        let socket = if at.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        if reuseport {
+            socket.set_reuseport(true)?;
+        }
+        socket.bind(at)?;
+        let listener = socket.listen(1024)?;
+        at = listener.local_addr()?;
+        sockets.push(listener);
+    }
+    Ok(sockets)
+}
+
 /// A running listener; dropping the handle does not stop it, `stop` does.
 pub struct ListenerHandle {
     pub name: String,
     pub bind: SocketAddr,
     pub local_addr: SocketAddr,
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    /// One accept loop per worker.
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl ListenerHandle {
     /// Stops accepting and drains this listener's connections for up to `drain`.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        self.join().await;
     }
 
     /// Signals the stop without waiting for the drain.
@@ -94,48 +125,69 @@ impl ListenerHandle {
     }
 
     pub async fn join(self) {
-        let _ = self.task.await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
     }
 }
 
+/// Starts accepting on `sockets` (from [`bind_workers`]), each on its worker's runtime.
 pub fn spawn_listener(
-    shared: Arc<Shared>,
+    workers: &[WorkerRuntime],
     name: String,
     bind: SocketAddr,
-    listener: TcpListener,
+    sockets: Vec<TcpListener>,
     drain: Duration,
 ) -> std::io::Result<ListenerHandle> {
-    let local_addr = listener.local_addr()?;
+    let local_addr = match sockets.first() {
+        Some(s) => s.local_addr()?,
+        None => return Err(std::io::Error::other("no worker to listen on")),
+    };
     let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(accept_loop(shared, name.clone(), listener, stop_rx, drain));
-    tracing::info!(listener = %name, addr = %local_addr, "listening");
+    // `max_connections` holds for the listener, across its workers.
+    let open = Arc::new(AtomicUsize::new(0));
+    let tasks = workers
+        .iter()
+        .zip(sockets)
+        .map(|(w, socket)| {
+            w.handle.spawn(accept_loop(
+                w.worker.clone(),
+                name.clone(),
+                socket,
+                stop_rx.clone(),
+                drain,
+                open.clone(),
+            ))
+        })
+        .collect();
+    tracing::info!(listener = %name, addr = %local_addr, workers = workers.len(), "listening");
     Ok(ListenerHandle {
         name,
         bind,
         local_addr,
         stop,
-        task,
+        tasks,
     })
 }
 
-struct ConnCount(Arc<AtomicUsize>, Arc<Shared>);
+struct ConnCount(Arc<AtomicUsize>, Arc<Worker>);
 
 impl Drop for ConnCount {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
-        self.1.metrics.connections.dec();
+        self.1.shared.metrics.connections.dec();
     }
 }
 
 async fn accept_loop(
-    shared: Arc<Shared>,
+    worker: Arc<Worker>,
     name: String,
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
+    open: Arc<AtomicUsize>,
 ) {
     let graceful = GracefulShutdown::new();
-    let open = Arc::new(AtomicUsize::new(0));
     loop {
         let accepted = tokio::select! {
             _ = stop.changed() => break,
@@ -150,7 +202,7 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Some(runtime) = shared.snapshot.load().listeners.get(&name).cloned() else {
+        let Some(runtime) = worker.snapshot().listeners.get(&name).cloned() else {
             continue;
         };
         if open.load(Ordering::Relaxed) >= runtime.config.max_connections {
@@ -158,22 +210,22 @@ async fn accept_loop(
             continue;
         }
         open.fetch_add(1, Ordering::Relaxed);
-        shared.metrics.connections.inc();
-        let count = ConnCount(open.clone(), shared.clone());
+        worker.shared.metrics.connections.inc();
+        let count = ConnCount(open.clone(), worker.clone());
         let _ = stream.set_nodelay(true);
         let watcher = graceful.watcher();
-        let shared = shared.clone();
+        let worker = worker.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
             let _count = count;
             match runtime.tls.clone() {
                 None => {
-                    crate::park::serve_plain(stream, peer, shared, runtime, stop, watcher).await
+                    crate::park::serve_plain(stream, peer, worker, runtime, stop, watcher).await
                 }
                 // Boxed: the TLS handshake and TLS connection states are large, and inline they
                 // would size every plain-TCP connection's task too.
                 Some(acceptor) => {
-                    Box::pin(serve_tls(stream, peer, acceptor, shared, runtime, watcher)).await
+                    Box::pin(serve_tls(stream, peer, acceptor, worker, runtime, watcher)).await
                 }
             }
         });
@@ -193,7 +245,7 @@ async fn serve_tls(
     stream: TcpStream,
     peer: SocketAddr,
     acceptor: tokio_rustls::TlsAcceptor,
-    shared: Arc<Shared>,
+    worker: Arc<Worker>,
     runtime: Arc<ListenerRuntime>,
     watcher: Watcher,
 ) {
@@ -219,7 +271,7 @@ async fn serve_tls(
         activity: None,
         framing: framing.clone(),
     });
-    let svc = service_fn(move |req| handle(shared.clone(), ctx.clone(), req));
+    let svc = service_fn(move |req| handle(worker.clone(), ctx.clone(), req));
     let conn = runtime
         .builder
         .serve_connection_with_upgrades(

@@ -22,6 +22,8 @@ pub struct Shared {
     /// Every listener is bound and we are not draining.
     pub ready: AtomicBool,
     pub last_reload: Mutex<Option<ReloadOutcome>>,
+    /// The workers following [`Shared::publish`] (`crate::worker`).
+    pub(crate) workers: Mutex<Vec<std::sync::Weak<crate::worker::Worker>>>,
 }
 
 impl Shared {
@@ -32,6 +34,21 @@ impl Shared {
             metrics,
             ready: AtomicBool::new(false),
             last_reload: Mutex::new(None),
+            workers: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Makes `snapshot` the running one, for every worker.
+    pub fn publish(&self, snapshot: Arc<Snapshot>) {
+        // Under the lock a worker registers under: none starts on the previous snapshot unseen.
+        let mut workers = self.workers.lock();
+        self.snapshot.store(snapshot.clone());
+        workers.retain(|w| match w.upgrade() {
+            Some(w) => {
+                w.set_snapshot(&snapshot);
+                true
+            }
+            None => false,
+        });
     }
 }

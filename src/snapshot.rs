@@ -1,5 +1,5 @@
-//! The one swappable runtime state. Everything a request needs — compiled router, routes with
-//! their stacks, upstreams with their live state, listener settings — is built here from a
+//! The one swappable runtime state. Everything a request needs — compiled router, routes,
+//! upstreams with their live state, listener settings — is built here from a
 //! validated `Config` and published with a single `ArcSwap::store`. A request loads it once and
 //! finishes on it, whatever reloads happen meanwhile.
 
@@ -9,7 +9,6 @@ use crate::layers::rate_limit::RouteLimiter;
 use crate::layers::retry::RetryPolicy;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::proxy::route::Router;
-use crate::proxy::stack::{self, RouteStack};
 use crate::redis::Redis;
 use crate::upstream::Upstream;
 use std::collections::HashMap;
@@ -27,7 +26,6 @@ pub struct Route {
     pub metrics: Arc<RouteMetrics>,
     /// Requests and 429s of the last minute, per second; kept across reloads by route name.
     pub history: Arc<History>,
-    pub stack: RouteStack,
 }
 
 /// Settings a listener applies per connection, with its TLS acceptor.
@@ -133,14 +131,8 @@ impl Snapshot {
                     .filter(|or| or.config == *c)
                     .unwrap_or_else(|| Arc::new(RetryPolicy::new(c)))
             });
+            // The route's stack is built per worker (`crate::worker::WorkerSnapshot`).
             let route_metrics = Arc::new(RouteMetrics::new(metrics, &r.name, &r.upstream));
-            let stack = stack::build(
-                &upstream,
-                r.timeout,
-                limiter.as_ref(),
-                retry.as_ref(),
-                &route_metrics,
-            );
             routes.push(Route {
                 name: r.name.as_str().into(),
                 config: r.clone(),
@@ -149,7 +141,6 @@ impl Snapshot {
                 retry,
                 metrics: route_metrics,
                 history: old.map(|o| o.history.clone()).unwrap_or_default(),
-                stack,
             });
         }
         let router = Router::new(

@@ -9,7 +9,7 @@ pub mod window;
 use crate::error::ProxyError;
 use crate::metrics::{Metrics, TransitionLabels};
 use crate::proxy::call::{Call, CallFuture, CallService};
-use crate::upstream::Upstream;
+use crate::upstream::WorkerUpstream;
 use parking_lot::Mutex;
 use state::{
     Admission, Breaker, BreakerSettings, BreakerSnapshot, CallResult, StateKind, Ticket, Transition,
@@ -130,11 +130,11 @@ impl Drop for TicketGuard<'_> {
 /// Adds the upstream's breaker in front of `S`.
 #[derive(Clone)]
 pub struct BreakerLayer {
-    upstream: Arc<Upstream>,
+    upstream: Arc<WorkerUpstream>,
 }
 
 impl BreakerLayer {
-    pub fn new(upstream: Arc<Upstream>) -> Self {
+    pub fn new(upstream: Arc<WorkerUpstream>) -> Self {
         BreakerLayer { upstream }
     }
 }
@@ -151,7 +151,7 @@ impl<S> Layer<S> for BreakerLayer {
 
 #[derive(Clone)]
 pub struct BreakerService<S> {
-    upstream: Arc<Upstream>,
+    upstream: Arc<WorkerUpstream>,
     inner: S,
 }
 

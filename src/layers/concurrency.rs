@@ -5,7 +5,7 @@
 
 use crate::error::ProxyError;
 use crate::proxy::call::{Answer, Call, CallFuture, CallService};
-use crate::upstream::Upstream;
+use crate::upstream::WorkerUpstream;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -70,11 +70,11 @@ impl ConcurrencyLimit {
 
 #[derive(Clone)]
 pub struct ConcurrencyLayer {
-    upstream: Arc<Upstream>,
+    upstream: Arc<WorkerUpstream>,
 }
 
 impl ConcurrencyLayer {
-    pub fn new(upstream: Arc<Upstream>) -> Self {
+    pub fn new(upstream: Arc<WorkerUpstream>) -> Self {
         ConcurrencyLayer { upstream }
     }
 }
@@ -91,7 +91,7 @@ impl<S> Layer<S> for ConcurrencyLayer {
 
 #[derive(Clone)]
 pub struct ConcurrencyService<S> {
-    upstream: Arc<Upstream>,
+    upstream: Arc<WorkerUpstream>,
     inner: S,
 }
 

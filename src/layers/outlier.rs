@@ -6,7 +6,7 @@ pub mod ejection;
 
 use crate::error::ProxyError;
 use crate::proxy::call::{Answer, Call, CallFuture, CallService};
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, WorkerUpstream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -14,11 +14,11 @@ use tower::{Layer, Service};
 
 #[derive(Clone)]
 pub struct OutlierLayer {
-    upstream: Arc<Upstream>,
+    upstream: Arc<WorkerUpstream>,
 }
 
 impl OutlierLayer {
-    pub fn new(upstream: Arc<Upstream>) -> Self {
+    pub fn new(upstream: Arc<WorkerUpstream>) -> Self {
         OutlierLayer { upstream }
     }
 }
@@ -35,7 +35,7 @@ impl<S> Layer<S> for OutlierLayer {
 
 #[derive(Clone)]
 pub struct OutlierService<S> {
-    upstream: Arc<Upstream>,
+    upstream: Arc<WorkerUpstream>,
     inner: S,
 }
 

@@ -29,8 +29,8 @@ use rewind::Rewind;
 use crate::proxy::framing::{Audited, FramingAudit};
 use crate::proxy::handler::{handle, ConnContext};
 use crate::send_timeout::SendTimeout;
-use crate::shared::Shared;
 use crate::snapshot::ListenerRuntime;
+use crate::worker::Worker;
 use bytes::Bytes;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -69,7 +69,7 @@ enum Start {
 pub async fn serve_plain(
     stream: TcpStream,
     peer: SocketAddr,
-    shared: Arc<Shared>,
+    worker: Arc<Worker>,
     listener: Arc<ListenerRuntime>,
     mut stop: watch::Receiver<bool>,
     watcher: Watcher,
@@ -97,7 +97,7 @@ pub async fn serve_plain(
                 activity: None,
                 framing: None,
             });
-            let svc = service_fn(move |req| handle(shared.clone(), ctx.clone(), req));
+            let svc = service_fn(move |req| handle(worker.clone(), ctx.clone(), req));
             // Boxed: the auto connection is large, and inline it would size every parked
             // HTTP/1 connection's task too.
             let send_timeout = listener.config.send_timeout;
@@ -124,7 +124,7 @@ pub async fn serve_plain(
         activity: Some(activity.clone()),
         framing: Some(framing),
     });
-    serve_http1(stream, read, shared, ctx, activity, stop).await;
+    serve_http1(stream, read, worker, ctx, activity, stop).await;
 }
 
 /// Reads the connection's first bytes and tells HTTP/2 prior knowledge from HTTP/1 by them. A
@@ -155,7 +155,7 @@ async fn sniff(stream: &mut TcpStream) -> std::io::Result<Option<Start>> {
 async fn serve_http1(
     mut stream: TcpStream,
     mut unparsed: Bytes,
-    shared: Arc<Shared>,
+    worker: Arc<Worker>,
     ctx: Arc<ConnContext>,
     activity: Arc<ConnActivity>,
     mut stop: watch::Receiver<bool>,
@@ -170,7 +170,7 @@ async fn serve_http1(
     loop {
         if parked && unparsed.is_empty() {
             // Parked: nothing but the socket, until it has bytes (or EOF) to read.
-            let _parked = Parked::new(&shared.metrics.parked);
+            let _parked = Parked::new(&worker.shared.metrics.parked);
             tick.as_mut()
                 .reset(crate::deadline::after(activity.idle_since(), idle_timeout));
             let mut probe = [0u8; 1];
@@ -196,8 +196,8 @@ async fn serve_http1(
             ctx.listener.config.send_timeout,
         ));
         let svc = {
-            let (shared, ctx) = (shared.clone(), ctx.clone());
-            service_fn(move |req| handle(shared.clone(), ctx.clone(), req))
+            let (worker, ctx) = (worker.clone(), ctx.clone());
+            service_fn(move |req| handle(worker.clone(), ctx.clone(), req))
         };
         // Boxed: its size stays off this task's future while the connection is parked.
         let mut conn = Box::new(ctx.listener.http1.serve_connection(io, svc));
@@ -246,7 +246,7 @@ async fn serve_http1(
             let _ = stream.shutdown().await;
             return;
         }
-        shared.metrics.parks.inc();
+        worker.shared.metrics.parks.inc();
         unparsed = leftover;
         parked = true;
     }
@@ -297,7 +297,8 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let snapshot = Snapshot::build(config, None, &metrics).unwrap();
         let listener = snapshot.listeners["main"].clone();
-        let shared = Shared::new(snapshot, metrics);
+        let shared = crate::shared::Shared::new(snapshot, metrics);
+        let worker = Worker::new(0, shared);
         let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let stream = TcpStream::connect(server.local_addr().unwrap())
             .await
@@ -305,7 +306,7 @@ mod tests {
         let peer = stream.local_addr().unwrap();
         let (_stop_tx, stop) = watch::channel(false);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let fut = serve_plain(stream, peer, shared, listener, stop, graceful.watcher());
+        let fut = serve_plain(stream, peer, worker, listener, stop, graceful.watcher());
         let size = std::mem::size_of_val(&fut);
         // 944 bytes in a debug build, 904 in release, when this was written.
         assert!(size <= 1024, "the connection future is {size} bytes");

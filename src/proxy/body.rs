@@ -228,7 +228,7 @@ pub struct ResponseBody {
     done: bool,
     on_complete: Option<Box<dyn OnComplete>>,
     /// The upstream and endpoint that are charged if this body breaks after the headers.
-    charge: Option<(std::sync::Arc<crate::upstream::Upstream>, usize)>,
+    charge: Option<(std::sync::Arc<crate::upstream::WorkerUpstream>, usize)>,
     /// Keeps a parkable connection busy until this body is sent or abandoned.
     busy: Option<Busy>,
     /// A gRPC call's verdict waiting for the trailers, and the client's deadline.
@@ -299,7 +299,7 @@ impl ResponseBody {
     /// Charges `endpoint` of `upstream` (breaker and outlier detection) if this body fails.
     pub fn charge_failures_to(
         mut self,
-        upstream: std::sync::Arc<crate::upstream::Upstream>,
+        upstream: std::sync::Arc<crate::upstream::WorkerUpstream>,
         endpoint: usize,
     ) -> Self {
         self.charge = Some((upstream, endpoint));

@@ -13,8 +13,8 @@ use crate::error::ProxyError;
 use crate::metrics::status_class;
 use crate::park::rewind::Rewind;
 use crate::park::{ConnActivity, Upgraded};
-use crate::shared::Shared;
 use crate::snapshot::{ListenerRuntime, Route};
+use crate::worker::{Worker, WorkerRoute, WorkerSnapshot};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -39,7 +39,7 @@ pub struct ConnContext {
 
 /// Serves one request; never fails (every failure is an HTTP answer) and never panics.
 pub async fn handle(
-    shared: Arc<Shared>,
+    worker: Arc<Worker>,
     conn: Arc<ConnContext>,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
@@ -51,10 +51,12 @@ pub async fn handle(
         .as_ref()
         .map(|a| a.begin(forward::wants_close(req.version(), req.headers())));
     // A guard, not inc/dec: the future is dropped mid-way when the client goes away.
+    let shared = &worker.shared;
     let in_flight = InFlight::new(&shared.metrics.in_flight);
     // levee's own answers to a gRPC request are gRPC answers.
     let grpc = grpc::is_grpc_request(req.headers());
-    let snapshot = shared.snapshot.load_full();
+    // The worker's own reference to the snapshot: no reference count shared with other cores.
+    let snapshot = worker.snapshot();
     let log = access_log::enabled();
     let method = req.method().clone();
     let (path_for_log, client) = if log {
@@ -90,12 +92,13 @@ pub async fn handle(
         Routed::Done(outcome) => outcome,
         Routed::Call {
             route,
+            local,
             call,
             upgrade,
             host,
             grpc_deadline,
-        } => match route.stack.clone().oneshot(call).await {
-            Ok(answer) => match respond(route, answer, upgrade, grpc_deadline) {
+        } => match local.stack.clone().oneshot(call).await {
+            Ok(answer) => match respond(route, local, answer, upgrade, grpc_deadline) {
                 Ok((resp, endpoint)) => (Ok(resp), Some(route), Some(endpoint), host),
                 Err(e) => (Err(e), Some(route), None, host),
             },
@@ -161,10 +164,10 @@ pub async fn handle(
 }
 
 /// Counts a request in `levee_in_flight_requests` for as long as it lives.
-struct InFlight<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+struct InFlight<'a>(&'a crate::metrics::ShardedGauge);
 
 impl<'a> InFlight<'a> {
-    fn new(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+    fn new(gauge: &'a crate::metrics::ShardedGauge) -> Self {
         gauge.inc();
         InFlight(gauge)
     }
@@ -189,6 +192,8 @@ enum Routed<'a> {
     Done(Outcome<'a>),
     Call {
         route: &'a Route,
+        /// The route's stack on this worker.
+        local: &'a WorkerRoute,
         call: Call,
         upgrade: Option<ClientUpgrade>,
         host: Option<String>,
@@ -198,7 +203,7 @@ enum Routed<'a> {
 }
 
 fn proxy<'a>(
-    snapshot: &'a crate::snapshot::Snapshot,
+    snapshot: &'a WorkerSnapshot,
     conn: &ConnContext,
     mut req: Request<ClientBody>,
     started: Instant,
@@ -288,10 +293,10 @@ fn proxy<'a>(
             }
         }
     }
-    let Some(route) = snapshot
+    let Some((route, local)) = snapshot
         .router
         .find(&host, req.uri().path())
-        .and_then(|i| snapshot.routes.get(i))
+        .and_then(|i| Some((snapshot.routes.get(i)?, snapshot.stacks.get(i)?)))
     else {
         return Routed::Done((
             Err(ProxyError::NoRoute),
@@ -306,6 +311,7 @@ fn proxy<'a>(
     match prepare(route, conn, req, &raw_host, started, grpc) {
         Ok((call, upgrade, grpc_deadline)) => Routed::Call {
             route,
+            local,
             call,
             upgrade,
             host,
@@ -422,6 +428,7 @@ fn prepare(
 /// The client's response from the upstream's answer; a 101 starts the tunnel.
 fn respond(
     route: &Route,
+    local: &WorkerRoute,
     answer: crate::proxy::call::Answer,
     client_upgrade: Option<ClientUpgrade>,
     grpc_deadline: Option<Instant>,
@@ -483,7 +490,7 @@ fn respond(
     let body = ResponseBody::upstream(body, route.config.timeout);
     // A deferred gRPC verdict judges a broken body itself; other bodies charge late failures.
     let body = match deferred {
-        None => body.charge_failures_to(route.upstream.clone(), endpoint),
+        None => body.charge_failures_to(local.upstream.clone(), endpoint),
         Some(_) => body,
     };
     Ok((
@@ -522,7 +529,7 @@ mod tests {
     use super::*;
 
     fn future_size<F: std::future::Future>(
-        _: impl FnOnce(Arc<Shared>, Arc<ConnContext>, Request<Incoming>) -> F,
+        _: impl FnOnce(Arc<Worker>, Arc<ConnContext>, Request<Incoming>) -> F,
     ) -> usize {
         std::mem::size_of::<F>()
     }

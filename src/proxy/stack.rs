@@ -19,7 +19,7 @@ use crate::layers::timeout::{TimeoutLayer, TimeoutService};
 use crate::metrics::RouteMetrics;
 use crate::upstream::balance::{BalanceLayer, BalanceService};
 use crate::upstream::client::ClientService;
-use crate::upstream::Upstream;
+use crate::upstream::WorkerUpstream;
 use std::sync::Arc;
 use std::time::Duration;
 use tower::ServiceBuilder;
@@ -35,7 +35,7 @@ pub type RouteStack = TimeoutService<
 >;
 
 pub fn build(
-    upstream: &Arc<Upstream>,
+    upstream: &Arc<WorkerUpstream>,
     timeout: Duration,
     limiter: Option<&Arc<RouteLimiter>>,
     retry: Option<&Arc<RetryPolicy>>,

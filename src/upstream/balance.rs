@@ -2,7 +2,7 @@
 //! Envoy and linkerd: near-best balance without a global scan), or round robin. Endpoints that are
 //! ejected or failing health checks are skipped.
 
-use super::Upstream;
+use super::{Upstream, WorkerUpstream};
 use crate::config::Balance;
 use std::sync::atomic::Ordering;
 use tokio::time::Instant;
@@ -55,11 +55,11 @@ use tower::{Layer, Service};
 
 #[derive(Clone)]
 pub struct BalanceLayer {
-    upstream: Arc<Upstream>,
+    upstream: Arc<WorkerUpstream>,
 }
 
 impl BalanceLayer {
-    pub fn new(upstream: Arc<Upstream>) -> Self {
+    pub fn new(upstream: Arc<WorkerUpstream>) -> Self {
         BalanceLayer { upstream }
     }
 }
@@ -77,7 +77,7 @@ impl<S> Layer<S> for BalanceLayer {
 /// Chooses the endpoint and tracks its outstanding requests for P2C.
 #[derive(Clone)]
 pub struct BalanceService<S> {
-    upstream: Arc<Upstream>,
+    upstream: Arc<WorkerUpstream>,
     inner: S,
 }
 

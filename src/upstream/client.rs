@@ -6,6 +6,7 @@ use crate::error::ProxyError;
 use crate::proxy::body::{RequestBody, RequestBodyError, ResponseBodyError};
 use crate::proxy::call::CallRequest;
 use crate::upstream::h1::{DirectBody, DirectClient};
+use crate::worker::Sharded;
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{Method, Request, Response, Uri, Version};
@@ -26,10 +27,13 @@ type Connector = TrackingConnector<HttpsConnector<HttpConnector>>;
 /// Sends requests to an upstream's endpoints over pooled connections.
 #[derive(Clone)]
 pub struct UpstreamClient {
-    client: Client<Connector, RequestBody>,
-    /// For HTTP/2 upstreams: a client per endpoint whose connector always dials that endpoint,
-    /// so a request's URI can carry the client's host as `:authority` (see `send_hyper`).
-    h2: Option<Box<[Client<Connector, RequestBody>]>>,
+    /// One per worker (`crate::worker`): each has its own pool, so a pooled connection (and
+    /// the task hyper runs it on) stays on the worker that opened it.
+    clients: Arc<Sharded<Client<Connector, RequestBody>>>,
+    /// For HTTP/2 upstreams, per worker: a client per endpoint whose connector always dials
+    /// that endpoint, so a request's URI can carry the client's host as `:authority` (see
+    /// `send_hyper`).
+    h2: Option<Arc<Sharded<Box<[Client<Connector, RequestBody>]>>>>,
     /// For plain-TCP HTTP/1.1 upstreams: levee's own client for bodiless and buffered requests.
     direct: Option<Arc<DirectClient>>,
     scheme: Scheme,
@@ -99,12 +103,12 @@ impl UpstreamClient {
         };
         let h2 = match config.protocol {
             UpstreamProtocol::Http1 => None,
-            UpstreamProtocol::H2 => Some(
-                config
+            UpstreamProtocol::H2 => {
+                let dials = config
                     .endpoints
                     .iter()
                     .map(|e| {
-                        let dial = Uri::builder()
+                        Uri::builder()
                             .scheme(scheme.clone())
                             .authority(e.as_str())
                             .path_and_query("/")
@@ -114,15 +118,22 @@ impl UpstreamClient {
                                     "upstream \"{}\": endpoint \"{e}\" is not a valid HOST:PORT",
                                     config.name
                                 )
-                            })?;
-                        Ok(b.build(TrackingConnector(connector.clone(), Some(dial))))
+                            })
                     })
-                    .collect::<Result<Box<[_]>, String>>()?,
-            ),
+                    .collect::<Result<Vec<_>, String>>()?;
+                Some(Arc::new(Sharded::new(|| {
+                    dials
+                        .iter()
+                        .map(|dial| b.build(TrackingConnector(connector.clone(), Some(dial.clone()))))
+                        .collect::<Box<[_]>>()
+                })))
+            }
         };
         Ok(UpstreamClient {
             h2,
-            client: b.build(TrackingConnector(connector, None)),
+            clients: Arc::new(Sharded::new(|| {
+                b.build(TrackingConnector(connector.clone(), None))
+            })),
             direct,
             scheme,
             version: match config.protocol {
@@ -172,7 +183,7 @@ impl UpstreamClient {
         endpoint: usize,
         authority: &Authority,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let (client, authority) = match self.h2.as_ref().and_then(|c| c.get(endpoint)) {
+        let (client, authority) = match self.h2.as_ref().and_then(|c| c.local().get(endpoint)) {
             Some(client) => {
                 let host = req
                     .headers_mut()
@@ -181,7 +192,7 @@ impl UpstreamClient {
                     .filter(|a| !a.as_str().contains('@'));
                 (client, host.unwrap_or_else(|| authority.clone()))
             }
-            None => (&self.client, authority.clone()),
+            None => (self.clients.local(), authority.clone()),
         };
         let path = req
             .uri()
@@ -482,11 +493,11 @@ fn classify(err: hyper_util::client::legacy::Error) -> ProxyError {
 /// The innermost service: sends the call to the chosen endpoint before its deadline.
 #[derive(Clone)]
 pub struct ClientService {
-    upstream: std::sync::Arc<crate::upstream::Upstream>,
+    upstream: std::sync::Arc<crate::upstream::WorkerUpstream>,
 }
 
 impl ClientService {
-    pub fn new(upstream: std::sync::Arc<crate::upstream::Upstream>) -> Self {
+    pub fn new(upstream: std::sync::Arc<crate::upstream::WorkerUpstream>) -> Self {
         ClientService { upstream }
     }
 }

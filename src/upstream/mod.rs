@@ -30,6 +30,20 @@ pub struct Endpoint {
     pub failures: AtomicU64,
 }
 
+/// One worker's handle on a shared [`Upstream`]. The layers of a worker's route stacks hold it
+/// and clone it for every request: the reference count that writes is this worker's own, where
+/// cloning the `Arc<Upstream>` every worker shares would bounce its cache line between cores
+/// several times per request (`crate::worker`).
+pub struct WorkerUpstream(pub Arc<Upstream>);
+
+impl std::ops::Deref for WorkerUpstream {
+    type Target = Upstream;
+
+    fn deref(&self) -> &Upstream {
+        &self.0
+    }
+}
+
 /// Everything levee keeps about one upstream.
 pub struct Upstream {
     pub name: Arc<str>,

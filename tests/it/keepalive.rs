@@ -357,6 +357,12 @@ async fn drain_closes_parked_connections_promptly() {
         !drain.is_finished(),
         "the drain did not wait for the request in flight"
     );
+    // With several workers the busy connection may be on another thread than the parked one:
+    // once every worker's socket is closed, every worker has seen the drain begin.
+    eventually("every worker stopped accepting", PARK_WAIT, || async {
+        tokio::net::TcpStream::connect(proxy.addr).await.is_err()
+    })
+    .await;
 
     gate.add_permits(1);
     let r = busy

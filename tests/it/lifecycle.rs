@@ -82,6 +82,16 @@ pub struct BinProxy {
     pub admin: SocketAddr,
 }
 
+/// `LEVEE_TEST_WORKERS` when above 2, else 2.
+fn bin_workers() -> String {
+    std::env::var("LEVEE_TEST_WORKERS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(2)
+        .max(2)
+        .to_string()
+}
+
 impl BinProxy {
     /// Spawns `levee run --config FILE ARGS…` on a config made by `make(listen, admin)`.
     pub fn spawn(
@@ -98,7 +108,8 @@ impl BinProxy {
             .arg("--config")
             .arg(&config)
             .args(args)
-            .args(["--workers", "2", "--log-level", "info"])
+            // Two workers (SO_REUSEPORT sockets, a control runtime) unless the run asks for more.
+            .args(["--workers", &bin_workers(), "--log-level", "info"])
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -20,3 +20,4 @@ mod resilience;
 mod tls;
 mod upstream_h1;
 mod websocket;
+mod workers;

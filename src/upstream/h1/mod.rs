@@ -25,6 +25,7 @@ use response::Framing;
 use crate::config::UpstreamConfig;
 use crate::error::ProxyError;
 use crate::proxy::body::RequestBody;
+use crate::worker::Sharded;
 use bytes::Bytes;
 use http::uri::Authority;
 use http::{header, Method, Request, Response};
@@ -58,8 +59,10 @@ pub enum H1Error {
 const HEAD_READ_SIZE: usize = 8 * 1024;
 
 pub struct DirectClient {
-    /// One per endpoint, in the upstream's endpoint order.
-    pools: Box<[Arc<ConnPool>]>,
+    /// One per endpoint, in the upstream's endpoint order, and per worker: a connection is
+    /// registered with the I/O driver of the worker that opened it and is only used there, and
+    /// no pool lock is shared between cores (`crate::worker`).
+    pools: Box<[Sharded<Arc<ConnPool>>]>,
     connect_timeout: Duration,
     limits: response::Limits,
 }
@@ -71,10 +74,12 @@ impl DirectClient {
                 .endpoints
                 .iter()
                 .map(|_| {
-                    Arc::new(ConnPool::new(
-                        config.pool_max_idle_per_endpoint,
-                        config.pool_idle_timeout,
-                    ))
+                    Sharded::new(|| {
+                        Arc::new(ConnPool::new(
+                            config.pool_max_idle_per_endpoint,
+                            config.pool_idle_timeout,
+                        ))
+                    })
                 })
                 .collect(),
             connect_timeout: config.connect_timeout,
@@ -94,9 +99,11 @@ impl DirectClient {
         body_ready && !req.headers().contains_key(header::UPGRADE)
     }
 
-    /// Idle connections pooled for `endpoint`.
+    /// Idle connections pooled for `endpoint`, all workers together.
     pub fn idle_connections(&self, endpoint: usize) -> usize {
-        self.pools.get(endpoint).map_or(0, |p| p.idle_count())
+        self.pools
+            .get(endpoint)
+            .map_or(0, |p| p.iter().map(|p| p.idle_count()).sum())
     }
 
     pub async fn send(
@@ -108,7 +115,8 @@ impl DirectClient {
         let pool = self
             .pools
             .get(endpoint)
-            .ok_or_else(|| ProxyError::UpstreamConnect("no such endpoint".into()))?;
+            .ok_or_else(|| ProxyError::UpstreamConnect("no such endpoint".into()))?
+            .local();
         let body: Option<Bytes> = match req.body() {
             RequestBody::Full(b) => b.clone(),
             RequestBody::Stream { .. } => None,

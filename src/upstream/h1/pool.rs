@@ -36,6 +36,9 @@ impl Conn {
     }
 }
 
+/// Each worker has its own pool per endpoint (`DirectClient`), so the lock is only ever taken
+/// by one thread; aligned to its own cache lines so that two workers' pools never share one.
+#[repr(align(128))]
 pub struct ConnPool {
     idle: Mutex<Vec<Idle>>,
     max_idle: usize,

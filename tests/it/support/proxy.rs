@@ -1,6 +1,6 @@
 //! A real levee, in process, on ephemeral ports, with its config in a temp file.
 
-use levee::{ConfigSource, Levee};
+use levee::{ConfigSource, Levee, Workers};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,13 +22,29 @@ fn with_defaults(toml: &str) -> String {
     }
 }
 
+/// The workers every test proxy runs with: `LEVEE_TEST_WORKERS` (default 1, on the test's own
+/// runtime as `levee --workers 1` runs; more get threads of their own). `.ci/run` runs the suite
+/// with 1 and with 4.
+pub fn workers() -> Workers {
+    let n = std::env::var("LEVEE_TEST_WORKERS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(1);
+    Workers::from_count(n)
+}
+
 impl TestProxy {
     /// Starts levee on `toml`; the first listener should be named "main" and bind 127.0.0.1:0.
     pub async fn start(toml: &str) -> TestProxy {
+        Self::start_with(toml, workers()).await
+    }
+
+    /// Like [`TestProxy::start`], on `workers` whatever `LEVEE_TEST_WORKERS` says.
+    pub async fn start_with(toml: &str, workers: Workers) -> TestProxy {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("levee.toml");
         std::fs::write(&path, with_defaults(toml)).unwrap();
-        let levee = Levee::start(ConfigSource::File(path.clone()))
+        let levee = Levee::start_with(ConfigSource::File(path.clone()), false, workers)
             .await
             .unwrap_or_else(|e| panic!("levee did not start: {e}"));
         let addr = levee
