@@ -69,6 +69,15 @@ pub enum StateKind {
 }
 
 impl StateKind {
+    /// Every state change this machine makes (`trip`, `half_open`, `close`), so the transitions
+    /// counter can export a zero for each before it first happens.
+    pub const TRANSITIONS: [(StateKind, StateKind); 4] = [
+        (Self::Closed, Self::Open),
+        (Self::Open, Self::HalfOpen),
+        (Self::HalfOpen, Self::Closed),
+        (Self::HalfOpen, Self::Open),
+    ];
+
     /// The label used in metrics and logs: "closed", "open" or "half_open".
     pub const fn as_str(self) -> &'static str {
         match self {
