@@ -12,6 +12,7 @@ mod hostile;
 mod keepalive;
 mod lifecycle;
 mod observability;
+mod packaging;
 mod resilience;
 mod tls;
 mod upstream_h1;
