@@ -44,7 +44,13 @@ struct Cli {
     #[arg(long, global = true, value_name = "FILTER")]
     log_level: Option<String>,
     /// Log line format on stderr.
-    #[arg(long, global = true, value_enum, default_value = "text", value_name = "FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        value_name = "FORMAT"
+    )]
     log_format: LogFormat,
     /// Runtime worker threads (default: number of CPUs).
     #[arg(long, global = true, env = "LEVEE_WORKERS")]
@@ -136,7 +142,10 @@ fn main() -> ExitCode {
             match levee::cli_docs::write_man_pages(Cli::command(), dir) {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("levee: cannot write the man pages to {}: {e}", dir.display());
+                    eprintln!(
+                        "levee: cannot write the man pages to {}: {e}",
+                        dir.display()
+                    );
                     ExitCode::FAILURE
                 }
             }

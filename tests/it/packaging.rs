@@ -222,7 +222,11 @@ async fn every_metric_family_has_series_from_the_first_scrape() {
             metric_value(
                 &text,
                 "levee_circuit_transitions_total",
-                &[("upstream", "late"), ("from", from.as_str()), ("to", to.as_str())],
+                &[
+                    ("upstream", "late"),
+                    ("from", from.as_str()),
+                    ("to", to.as_str())
+                ],
             ),
             Some(0.0),
             "{text}"
@@ -238,7 +242,11 @@ async fn every_metric_family_has_series_from_the_first_scrape() {
         "{text}"
     );
     assert_eq!(
-        metric_value(&text, "levee_config_reloads_total", &[("result", "success")]),
+        metric_value(
+            &text,
+            "levee_config_reloads_total",
+            &[("result", "success")]
+        ),
         Some(1.0),
         "{text}"
     );
@@ -424,7 +432,14 @@ fn the_man_page_renders() {
     let warnings = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "man -l: {warnings}");
     assert!(warnings.trim().is_empty(), "man -l warns: {warnings}");
-    for section in ["NAME", "SYNOPSIS", "OPTIONS", "SUBCOMMANDS", "SIGNALS", "FILES"] {
+    for section in [
+        "NAME",
+        "SYNOPSIS",
+        "OPTIONS",
+        "SUBCOMMANDS",
+        "SIGNALS",
+        "FILES",
+    ] {
         assert!(text.contains(section), "no {section} in:\n{text}");
     }
     assert!(text.contains("levee-run(1)"), "{text}");
@@ -453,8 +468,16 @@ fn each_subcommand_help_says_what_it_does() {
         assert!(help.contains(&format!("Usage: levee {sub}")), "{help}");
         // Every option says what it is for.
         for line in help.lines().filter(|l| l.trim_start().starts_with('-')) {
-            let described = line.trim_start().split("  ").filter(|s| !s.is_empty()).count() > 1;
-            assert!(described, "`levee {sub} --help`: undocumented option {line:?}");
+            let described = line
+                .trim_start()
+                .split("  ")
+                .filter(|s| !s.is_empty())
+                .count()
+                > 1;
+            assert!(
+                described,
+                "`levee {sub} --help`: undocumented option {line:?}"
+            );
         }
     }
 }
