@@ -12,8 +12,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 profile=release
+fast=()
 case "${1:-}" in
-    --debug) profile=dev ;;
+    # --fast: gzip instead of xz; this package is checked, not shipped.
+    --debug) profile=dev fast=(--fast) ;;
     "") ;;
     *) echo "usage: $0 [--debug]" >&2; exit 2 ;;
 esac
@@ -39,4 +41,5 @@ sed 's#/usr/local/bin/levee#/usr/bin/levee#g' systemd/levee.service >"$out/syste
 
 # --no-build: the binary above is the one packaged; cargo-deb maps target/release/ in the asset
 # list to the profile's directory and strips its own copy.
-cargo deb --no-build --locked --profile "$profile" --output "$target/debian/"
+# (cargo-deb warns that the dev profile is unusual for a release: it is, on purpose, for CI.)
+cargo deb --no-build --locked --profile "$profile" "${fast[@]}" --output "$target/debian/"
