@@ -281,6 +281,7 @@ async fn dashboard_and_alert_rules_name_only_metrics_levee_exports() {
     }
     assert_names_only_exported("docs/grafana/levee.json", &exported);
     assert_names_only_exported("docs/prometheus/alerts.yml", &exported);
+    assert_names_only_exported("docs/prometheus/alerts.test.yml", &exported);
 
     // And they cover what the operator asked for.
     let on_dashboard = metric_names("docs/grafana/levee.json");
@@ -332,23 +333,26 @@ fn the_name_check_catches_unknown_metrics_and_labels() {
     assert!(!exported.contains_key("levee_nope"));
 }
 
-/// Runs promtool on the rules where Debian's `prometheus` package provides it (.ci/run installs
-/// it); the metric-name check above runs everywhere.
+/// Runs promtool where Debian's `prometheus` package provides it (.ci/run installs it): the
+/// rules parse, and their unit tests (alerts.test.yml: each alert fires on the incident it is
+/// for, and not on its near miss) pass. The metric-name check above runs everywhere.
 #[test]
 fn alert_rules_pass_promtool_where_installed() {
-    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/prometheus/alerts.yml");
-    match Command::new("promtool")
-        .args(["check", "rules"])
-        .arg(&rules)
-        .output()
-    {
-        Ok(out) => assert!(
-            out.status.success(),
-            "promtool check rules: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(e) => eprintln!("SKIP promtool check rules: promtool not runnable ({e})"),
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/prometheus");
+    for (verb, file) in [("check", "alerts.yml"), ("test", "alerts.test.yml")] {
+        match Command::new("promtool")
+            .args([verb, "rules"])
+            .arg(dir.join(file))
+            .output()
+        {
+            Ok(out) => assert!(
+                out.status.success(),
+                "promtool {verb} rules {file}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => return eprintln!("SKIP promtool {verb} rules: not runnable ({e})"),
+        }
     }
 }
 
