@@ -50,9 +50,14 @@ unit="$root/usr/lib/systemd/system/levee.service"
 grep -q '^ExecStart=/usr/bin/levee run --config /etc/levee/levee.toml$' "$unit" || fail "unit ExecStart"
 grep -q '^ExecStartPre=/usr/bin/levee check --config /etc/levee/levee.toml$' "$unit" || fail "unit ExecStartPre"
 if grep -q /usr/local "$unit"; then fail "unit still names /usr/local"; fi
+# The packaged unit is systemd/levee.service with the binary's path, nothing else.
+diff <(sed 's#/usr/local/bin/levee#/usr/bin/levee#g' systemd/levee.service) "$unit" \
+    || fail "the packaged unit differs from systemd/levee.service beyond the binary's path"
 
 echo "-- the packaged binary, config, man pages and completion"
-"$root/usr/bin/levee" --version
+version="$(dpkg-deb --field "$deb" Version)"
+"$root/usr/bin/levee" --version | grep -qx "levee ${version%-*}" \
+    || fail "levee --version is not $version without the revision"
 # Relative paths in the config resolve against its directory; none of the example's do.
 "$root/usr/bin/levee" check --config "$root/etc/levee/levee.toml"
 if command -v man >/dev/null 2>&1; then
