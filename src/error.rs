@@ -94,6 +94,24 @@ impl ProxyError {
         }
     }
 
+    /// Every [`ProxyError::kind`], so the errors counter can export a zero for each before it
+    /// first happens. A test checks that it lists every variant's kind.
+    pub const KINDS: [&'static str; 13] = [
+        "no_route",
+        "method_not_allowed",
+        "bad_request",
+        "headers_too_large",
+        "body_too_large",
+        "rate_limited",
+        "circuit_open",
+        "no_healthy_endpoint",
+        "overloaded",
+        "upstream_connect",
+        "upstream_reset",
+        "upstream_timeout",
+        "upstream_protocol",
+    ];
+
     pub fn side(&self) -> Side {
         match self {
             ProxyError::NoRoute
@@ -175,5 +193,62 @@ impl ProxyError {
             h.insert("ratelimit-policy", policy);
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One value of each variant. The match has no `_` arm, so a new variant does not compile
+    /// until it is added here, and then the test below checks that `KINDS` names its kind.
+    fn one_of_each() -> Vec<ProxyError> {
+        let d = Duration::from_secs(1);
+        let all = vec![
+            ProxyError::NoRoute,
+            ProxyError::MethodNotAllowed,
+            ProxyError::BadRequest("x"),
+            ProxyError::HeadersTooLarge,
+            ProxyError::BodyTooLarge,
+            ProxyError::RateLimited {
+                retry_after: d,
+                ratelimit: None,
+            },
+            ProxyError::CircuitOpen { retry_after: d },
+            ProxyError::NoHealthyEndpoint { retry_after: d },
+            ProxyError::Overloaded,
+            ProxyError::UpstreamConnect("x".into()),
+            ProxyError::UpstreamReset("x".into()),
+            ProxyError::UpstreamTimeout,
+            ProxyError::UpstreamProtocol("x".into()),
+        ];
+        for e in &all {
+            match e {
+                ProxyError::NoRoute
+                | ProxyError::MethodNotAllowed
+                | ProxyError::BadRequest(_)
+                | ProxyError::HeadersTooLarge
+                | ProxyError::BodyTooLarge
+                | ProxyError::RateLimited { .. }
+                | ProxyError::CircuitOpen { .. }
+                | ProxyError::NoHealthyEndpoint { .. }
+                | ProxyError::Overloaded
+                | ProxyError::UpstreamConnect(_)
+                | ProxyError::UpstreamReset(_)
+                | ProxyError::UpstreamTimeout
+                | ProxyError::UpstreamProtocol(_) => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn kinds_lists_the_kind_of_every_variant_once() {
+        let mut kinds: Vec<_> = one_of_each().iter().map(ProxyError::kind).collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        let mut listed = ProxyError::KINDS.to_vec();
+        listed.sort_unstable();
+        assert_eq!(kinds, listed);
     }
 }

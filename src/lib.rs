@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod cli_docs;
 pub mod config;
 pub mod deadline;
 pub mod demo;

@@ -1,6 +1,6 @@
-//! The `levee` command line: run, check, demo, status.
+//! The `levee` command line: run, check, demo, status, completions, man.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 // mimalloc: a proxy allocates and frees many small buffers per request; glibc malloc showed up
 // at ~6% of CPU in profiles under load.
@@ -20,18 +20,37 @@ const DEFAULT_CONFIG: &str = "/etc/levee/levee.toml";
 #[command(
     name = "levee",
     version,
-    about = "A reverse proxy that protects its backends"
+    about = "A reverse proxy that protects its backends",
+    long_about = "A reverse proxy that protects its backends: rate limits, circuit breakers, \
+retries with budgets and outlier ejection, and an admin listener that explains why it is \
+protecting them.\n\nWithout a subcommand, levee runs the proxy (`levee run`) with the config \
+in /etc/levee/levee.toml.",
+    after_help = "Validate a config before using it: levee check --config FILE\n\
+Signals: SIGHUP reloads the config; SIGTERM and SIGINT drain, then exit 0."
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     /// Config file (same as `levee run --config FILE`).
-    #[arg(short, long, global = true)]
+    #[arg(
+        short,
+        long,
+        global = true,
+        value_name = "FILE",
+        value_hint = clap::ValueHint::FilePath
+    )]
     config: Option<PathBuf>,
     /// Log filter, e.g. `info` or `info,levee::access=off` (overrides RUST_LOG).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_name = "FILTER")]
     log_level: Option<String>,
-    #[arg(long, global = true, value_enum, default_value = "text")]
+    /// Log line format on stderr.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        value_name = "FORMAT"
+    )]
     log_format: LogFormat,
     /// Workers, each a single-threaded runtime on its own thread with its own listener sockets
     /// (default: number of CPUs).
@@ -61,8 +80,26 @@ enum Command {
     },
     /// Print the admin /status as a table.
     Status {
+        /// Admin listener address of the running levee.
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: String,
+    },
+    /// Print a shell completion script.
+    #[command(after_help = concat!(
+        "Load it now:  source <(levee completions bash)\n",
+        "Install it:   levee completions bash > /usr/share/bash-completion/completions/levee\n",
+        "              levee completions zsh > /usr/share/zsh/vendor-completions/_levee\n",
+        "              levee completions fish > /usr/share/fish/vendor_completions.d/levee.fish",
+    ))]
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the levee(1) man page as roff (view it with `levee man | man -l -`).
+    Man {
+        /// Write levee.1 and one page per subcommand (levee-run.1, ...) into DIR instead.
+        #[arg(long, value_name = "DIR", value_hint = clap::ValueHint::DirPath)]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -96,10 +133,46 @@ fn main() -> ExitCode {
             let workers = worker_count(cli.workers);
             run_async(async move { run(ConfigSource::File(config), watch, workers).await })
         }
+        Some(Command::Completions { shell }) => {
+            write_stdout(&levee::cli_docs::completions(Cli::command(), shell))
+        }
+        Some(Command::Man { dir: Some(ref dir) }) => {
+            match levee::cli_docs::write_man_pages(Cli::command(), dir) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!(
+                        "levee: cannot write the man pages to {}: {e}",
+                        dir.display()
+                    );
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some(Command::Man { dir: None }) => match levee::cli_docs::man_page(Cli::command()) {
+            Ok(page) => write_stdout(&page),
+            Err(e) => {
+                eprintln!("levee: cannot render the man page: {e}");
+                ExitCode::FAILURE
+            }
+        },
         None => {
             logging::init(cli.log_level.as_deref(), cli.log_format);
             let workers = worker_count(cli.workers);
             run_async(async move { run(ConfigSource::File(config), false, workers).await })
+        }
+    }
+}
+
+/// Writes generated text to stdout; a closed pipe (`| head`) is not worth a panic.
+fn write_stdout(bytes: &[u8]) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("levee: cannot write to stdout: {e}");
+            ExitCode::FAILURE
         }
     }
 }

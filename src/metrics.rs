@@ -232,7 +232,26 @@ impl Metrics {
             })
             .set(1);
         r.register("build_info", "levee build; always 1", build);
-        Metrics { registry, ..m }
+        let m = Metrics { registry, ..m };
+        m.create_known_series();
+        m
+    }
+
+    /// Creates a zero-valued series for each label value known without a config, so every
+    /// family is in the first scrape and `rate()`/`increase()` alerts work before the first
+    /// incident (Prometheus's instrumentation guide: "avoid missing metrics"). The series of each
+    /// route and upstream are created when a snapshot is built ([`RouteMetrics::new`],
+    /// [`UpstreamMetrics::new`]).
+    fn create_known_series(&self) {
+        for result in ["success", "failure"] {
+            drop(self.reloads.get_or_create(&ResultLabel { result }));
+        }
+        for kind in crate::error::ProxyError::KINDS {
+            drop(self.proxy_errors.get_or_create(&KindLabel { kind }));
+        }
+        for mode in ["allow", "deny", "local"] {
+            drop(self.redis_fallback.get_or_create(&ModeLabel { mode }));
+        }
     }
 
     /// The text exposition format.
@@ -314,6 +333,13 @@ impl UpstreamMetrics {
             upstream: upstream.to_string(),
             endpoint: e.clone(),
         };
+        for (from, to) in crate::layers::breaker::state::StateKind::TRANSITIONS {
+            drop(m.circuit_transitions.get_or_create(&TransitionLabels {
+                upstream: upstream.to_string(),
+                from: from.as_str(),
+                to: to.as_str(),
+            }));
+        }
         UpstreamMetrics {
             name: upstream.to_string(),
             duration: m.upstream_duration.get_or_create(&label).clone(),

@@ -69,6 +69,15 @@ pub enum StateKind {
 }
 
 impl StateKind {
+    /// Every state change this machine makes (`trip`, `half_open`, `close`), so the transitions
+    /// counter can export a zero for each before it first happens.
+    pub const TRANSITIONS: [(StateKind, StateKind); 4] = [
+        (Self::Closed, Self::Open),
+        (Self::Open, Self::HalfOpen),
+        (Self::HalfOpen, Self::Closed),
+        (Self::HalfOpen, Self::Open),
+    ];
+
     /// The label used in metrics and logs: "closed", "open" or "half_open".
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -701,6 +710,29 @@ mod tests {
             }
             other => panic!("expected half-open admission, got {other:?}"),
         }
+    }
+
+    /// A full cycle, with a failed and a passed trial, makes each listed transition and no other
+    /// (the metrics export a zero for each listed one from start-up).
+    #[tokio::test(start_paused = true)]
+    async fn transitions_lists_every_state_change_the_machine_makes() {
+        let mut breaker = tripped(settings());
+        let mut seen = vec![(StateKind::Closed, StateKind::Open)];
+        let ticket = first_trial(&mut breaker).await;
+        seen.push((StateKind::Open, StateKind::HalfOpen));
+        let t = breaker.record(ticket, FAIL, now()).unwrap();
+        seen.push((t.from, t.to));
+        let ticket = first_trial(&mut breaker).await;
+        let mut last = breaker.record(ticket, OK, now());
+        while last.is_none() {
+            last = call(&mut breaker, OK);
+        }
+        let t = last.unwrap();
+        seen.push((t.from, t.to));
+        seen.sort_by_key(|(a, b)| (a.gauge(), b.gauge()));
+        let mut listed = StateKind::TRANSITIONS.to_vec();
+        listed.sort_by_key(|(a, b)| (a.gauge(), b.gauge()));
+        assert_eq!(seen, listed);
     }
 
     #[test]
