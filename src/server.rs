@@ -272,12 +272,10 @@ async fn serve_tls(
         framing: framing.clone(),
     });
     let svc = service_fn(move |req| handle(worker.clone(), ctx.clone(), req));
-    let conn = runtime
-        .builder
-        .serve_connection_with_upgrades(
-            TokioIo::new(SendTimeout::new(Audited::new(tls, framing), send_timeout)),
-            svc,
-        );
+    let conn = runtime.builder.serve_connection_with_upgrades(
+        TokioIo::new(SendTimeout::new(Audited::new(tls, framing), send_timeout)),
+        svc,
+    );
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }

@@ -24,6 +24,9 @@ use std::task::{Context, Poll};
 
 type Connector = TrackingConnector<HttpsConnector<HttpConnector>>;
 
+/// One hyper-util client per endpoint of an HTTP/2 upstream.
+type EndpointClients = Box<[Client<Connector, RequestBody>]>;
+
 /// Sends requests to an upstream's endpoints over pooled connections.
 #[derive(Clone)]
 pub struct UpstreamClient {
@@ -33,7 +36,7 @@ pub struct UpstreamClient {
     /// For HTTP/2 upstreams, per worker: a client per endpoint whose connector always dials
     /// that endpoint, so a request's URI can carry the client's host as `:authority` (see
     /// `send_hyper`).
-    h2: Option<Arc<Sharded<Box<[Client<Connector, RequestBody>]>>>>,
+    h2: Option<Arc<Sharded<EndpointClients>>>,
     /// For plain-TCP HTTP/1.1 upstreams: levee's own client for bodiless and buffered requests.
     direct: Option<Arc<DirectClient>>,
     scheme: Scheme,
@@ -124,7 +127,9 @@ impl UpstreamClient {
                 Some(Arc::new(Sharded::new(|| {
                     dials
                         .iter()
-                        .map(|dial| b.build(TrackingConnector(connector.clone(), Some(dial.clone()))))
+                        .map(|dial| {
+                            b.build(TrackingConnector(connector.clone(), Some(dial.clone())))
+                        })
                         .collect::<Box<[_]>>()
                 })))
             }

@@ -359,52 +359,56 @@ async fn strict_h2_origin() -> SocketAddr {
                     return;
                 };
                 while let Some(Ok((mut req, mut respond))) = conn.accept().await {
-                    let authority = req.uri().authority().map(|a| a.to_string());
-                    let host = req
-                        .headers()
-                        .get("host")
-                        .map(|h| h.to_str().unwrap_or("?").to_string());
-                    let agrees = match (&authority, &host) {
-                        (Some(a), Some(h)) => a == h,
-                        _ => true,
-                    };
-                    let resp = http::Response::builder()
-                        .status(if agrees { 200 } else { 400 })
-                        .header("x-seen-authority", authority.unwrap_or_default())
-                        .header("x-seen-host", host.unwrap_or_default())
-                        .body(())
-                        .unwrap();
-                    // A POST's body and trailers are read, and its trailers sent back as the
-                    // response's trailers.
-                    let mut received = 0;
-                    let mut trailers = None;
-                    if req.method() == http::Method::POST {
-                        let body = req.body_mut();
-                        while let Some(Ok(chunk)) = body.data().await {
-                            received += chunk.len();
-                            let _ = body.flow_control().release_capacity(chunk.len());
+                    // Each stream in its own task: h2 moves frames only while `accept` is
+                    // polled, so reading a body inline would stall when its frames come late.
+                    tokio::spawn(async move {
+                        let authority = req.uri().authority().map(|a| a.to_string());
+                        let host = req
+                            .headers()
+                            .get("host")
+                            .map(|h| h.to_str().unwrap_or("?").to_string());
+                        let agrees = match (&authority, &host) {
+                            (Some(a), Some(h)) => a == h,
+                            _ => true,
+                        };
+                        let resp = http::Response::builder()
+                            .status(if agrees { 200 } else { 400 })
+                            .header("x-seen-authority", authority.unwrap_or_default())
+                            .header("x-seen-host", host.unwrap_or_default())
+                            .body(())
+                            .unwrap();
+                        // A POST's body and trailers are read, and its trailers sent back as the
+                        // response's trailers.
+                        let mut received = 0;
+                        let mut trailers = None;
+                        if req.method() == http::Method::POST {
+                            let body = req.body_mut();
+                            while let Some(Ok(chunk)) = body.data().await {
+                                received += chunk.len();
+                                let _ = body.flow_control().release_capacity(chunk.len());
+                            }
+                            trailers = body.trailers().await.ok().flatten();
                         }
-                        trailers = body.trailers().await.ok().flatten();
-                    }
-                    let Ok(mut send) = respond.send_response(resp, false) else {
-                        continue;
-                    };
-                    let body = if !agrees {
-                        "host != :authority".to_string()
-                    } else if trailers.is_some() {
-                        format!("{received} bytes")
-                    } else {
-                        "ok".to_string()
-                    };
-                    match trailers {
-                        Some(t) => {
-                            let _ = send.send_data(Bytes::from(body), false);
-                            let _ = send.send_trailers(t);
+                        let Ok(mut send) = respond.send_response(resp, false) else {
+                            return;
+                        };
+                        let body = if !agrees {
+                            "host != :authority".to_string()
+                        } else if trailers.is_some() {
+                            format!("{received} bytes")
+                        } else {
+                            "ok".to_string()
+                        };
+                        match trailers {
+                            Some(t) => {
+                                let _ = send.send_data(Bytes::from(body), false);
+                                let _ = send.send_trailers(t);
+                            }
+                            None => {
+                                let _ = send.send_data(Bytes::from(body), true);
+                            }
                         }
-                        None => {
-                            let _ = send.send_data(Bytes::from(body), true);
-                        }
-                    }
+                    });
                 }
             });
         }
