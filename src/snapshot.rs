@@ -73,6 +73,10 @@ impl Snapshot {
                         .and_then(|p| p.upstreams.iter().find(|old| old.config.name == u.name))
                     {
                         fresh.history = old.history.clone();
+                        let now = tokio::time::Instant::now();
+                        fresh
+                            .slow_start
+                            .mark_added(&u.endpoints, &old.config.endpoints, now);
                     }
                     Arc::new(fresh)
                 }

@@ -154,6 +154,8 @@ pub struct RawBreaker {
     pub max_pending: Option<u32>,
     pub failure_statuses: Option<Vec<Spanned<toml::Value>>>,
     pub failure_grpc_statuses: Option<Vec<Spanned<toml::Value>>>,
+    pub probe_path: Option<Spanned<String>>,
+    pub ramp_duration: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize)]

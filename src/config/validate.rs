@@ -849,6 +849,9 @@ fn breaker(raw: RawBreaker, d: &mut Diagnostics) -> BreakerConfig {
                 .unwrap_or(open_duration)
                 .max(open_duration),
             half_open_calls,
+            probe_path: super::recovery::probe_path(&raw.probe_path, d),
+            ramp_duration: raw.ramp_duration.map(|x| x.0).filter(|r| !r.is_zero()),
+            reopen_jitter: defaults.reopen_jitter,
         },
         max_concurrent_requests,
         max_pending: raw.max_pending.unwrap_or(1024),

@@ -3,6 +3,8 @@
 //! half-open) is pure and lives in [`state`]; this file is the plumbing around it: a lock, the
 //! clock, logging and metrics of transitions, and the tower service that asks before every call.
 
+pub mod ramp;
+mod recovery;
 pub mod state;
 pub mod window;
 

@@ -20,9 +20,14 @@ impl Upstream {
     pub fn pick(&self, avoid: Option<usize>, now: Instant) -> Option<usize> {
         let n = self.endpoints.len();
         let usable = |i: usize| self.available(i, now) && Some(i) != avoid;
+        // An endpoint ramping up (`slow_start.rs`) makes picks weighted for a while.
+        let ramping = (n > 1)
+            .then(|| self.pick_slow_start(&usable, now))
+            .flatten();
         let chosen = match (self.config.balance, n) {
             (_, 0) => None,
             (_, 1) => Some(0).filter(|i| usable(*i)),
+            _ if ramping.is_some() => ramping,
             (Balance::RoundRobin, _) => {
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
                 (0..n).map(|k| (start + k) % n).find(|i| usable(*i))

@@ -6,6 +6,8 @@ pub mod balance;
 pub mod client;
 pub mod h1;
 pub mod health;
+pub mod probe;
+pub mod slow_start;
 
 use crate::config::UpstreamConfig;
 use crate::history::History;
@@ -59,6 +61,9 @@ pub struct Upstream {
     pub history: Arc<History>,
     pub(crate) next: AtomicUsize,
     health_started: AtomicBool,
+    probe_started: AtomicBool,
+    /// When each endpoint last came back (added, healthy again), for its slow start.
+    pub slow_start: slow_start::SlowStart,
 }
 
 impl Upstream {
@@ -83,6 +88,7 @@ impl Upstream {
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
+        let endpoints_len = endpoints.len();
         let upstream_metrics = UpstreamMetrics::new(metrics, &config.name, &config.endpoints);
         for g in &upstream_metrics.healthy {
             g.set(1);
@@ -91,7 +97,7 @@ impl Upstream {
         Ok(Upstream {
             breaker: CircuitBreaker::new(
                 name.clone(),
-                config.breaker.settings.clone(),
+                probe::breaker_settings(config),
                 metrics.clone(),
             ),
             concurrency: ConcurrencyLimit::new(
@@ -107,6 +113,8 @@ impl Upstream {
             endpoints: endpoints.into_boxed_slice(),
             next: AtomicUsize::new(0),
             health_started: AtomicBool::new(false),
+            probe_started: AtomicBool::new(false),
+            slow_start: slow_start::SlowStart::new(endpoints_len),
         })
     }
 
@@ -210,6 +218,10 @@ impl Upstream {
     pub fn start_health_checks(self: &Arc<Self>) {
         if self.config.health_check.is_some() && !self.health_started.swap(true, Ordering::AcqRel) {
             health::spawn(Arc::downgrade(self));
+        }
+        let gated = probe::breaker_settings(&self.config).probe_path.is_some();
+        if gated && !self.probe_started.swap(true, Ordering::AcqRel) {
+            probe::spawn(Arc::downgrade(self));
         }
     }
 }
