@@ -17,6 +17,7 @@ mod lifecycle;
 mod observability;
 mod packaging;
 mod peer_limits;
+mod recovery;
 mod resilience;
 mod tls;
 mod upstream_h1;
