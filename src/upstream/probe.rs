@@ -111,3 +111,35 @@ fn humantime_ms(d: Duration) -> String {
         format!("{}ms", d.as_millis())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+    use std::path::Path;
+
+    fn upstream_config(extra: &str) -> UpstreamConfig {
+        let text = format!("[[listener]]\nbind = \"127.0.0.1:0\"\n[[route]]\nupstream = \"app\"\n[[upstream]]\nname = \"app\"\nendpoints = [\"127.0.0.1:1\"]\n{extra}\n");
+        parse("t.toml", &text, Path::new("."))
+            .unwrap()
+            .upstreams
+            .remove(0)
+    }
+
+    #[test]
+    fn the_probe_path_is_probe_path_else_the_health_checks_else_none() {
+        let path = |extra: &str| breaker_settings(&upstream_config(extra)).probe_path;
+        assert_eq!(path(""), None);
+        assert_eq!(
+            path("[upstream.health_check]\npath = \"/ready\""),
+            Some("/ready".to_owned())
+        );
+        assert_eq!(
+            path("[upstream.health_check]\npath = \"/ready\"\n[upstream.circuit_breaker]\nprobe_path = \"/deep\""),
+            Some("/deep".to_owned())
+        );
+        // The config keeps what was written; only the breaker gets the resolved path.
+        let c = upstream_config("[upstream.health_check]\npath = \"/ready\"");
+        assert_eq!(c.breaker.settings.probe_path, None);
+    }
+}
