@@ -67,8 +67,9 @@ impl Ramp {
             return RampAdmission::Over;
         }
         let share = self.share(ramp, now);
-        // Capped so that a quiet spell cannot bank a burst of admissions.
-        self.credit = (self.credit + share).min(1.0 + share);
+        // Credit grows per request, not per second, and stays below 1 after every decision,
+        // so a quiet spell banks nothing: a burst after it is admitted at the current share.
+        self.credit += share;
         if self.credit >= 1.0 {
             self.credit -= 1.0;
             RampAdmission::Admitted

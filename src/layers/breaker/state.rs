@@ -320,8 +320,10 @@ impl Breaker {
     /// Whether a call may go through now.
     ///
     /// Open -> HalfOpen happens lazily here once `now >= until`, the call that notices being
-    /// the first trial. Half-open admits exactly `half_open_calls` trials, then rejects with
-    /// a short `retry_after` hint until they resolve.
+    /// the first trial; with a `probe_path` it never does: callers are refused until a probe
+    /// passes ([`begin_probe`](Self::begin_probe)). Half-open admits exactly
+    /// `half_open_calls` trials, then rejects with a short `retry_after` hint until they
+    /// resolve. While ramping after a close, only the ramp's share of callers is admitted.
     pub fn admit(&mut self, now: Instant) -> (Admission, Option<Transition>) {
         match self.state {
             BreakerState::Closed => match self.ramp_admission(now) {
