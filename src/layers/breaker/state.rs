@@ -724,9 +724,9 @@ impl Breaker {
 
 /// Recovery: the probe that gates half-open, the ramp after closing, the jittered re-open.
 impl Breaker {
-    /// When the next probe is due: the end of the open time, or now for an expired one (and
-    /// for a probe in flight so long it is presumed lost). `None` when nothing is to be probed:
-    /// closed, half-open, a probe in flight, or no `probe_path`.
+    /// When the next probe is due: the end of the open time (past, for an expired one), or,
+    /// with a probe in flight, the moment it is presumed lost. `None` when nothing is to be
+    /// probed: closed, half-open, or no `probe_path`.
     pub fn probe_due(&self) -> Option<Instant> {
         self.settings.probe_path.as_ref()?;
         match self.state {
