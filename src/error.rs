@@ -2,7 +2,7 @@
 //! status, `x-levee-error` kind and extra headers come from exhaustive matches below, so adding a
 //! variant without deciding how it looks to a client does not compile.
 
-use crate::proxy::body::ResponseBody;
+use crate::body::ResponseBody;
 use http::{header, HeaderValue, Response, StatusCode};
 use std::time::Duration;
 

@@ -292,7 +292,7 @@ pub struct BreakerConfig {
     pub failure_statuses: Vec<(u16, u16)>,
     /// `grpc-status` codes of a gRPC response (in its headers or trailers) that count as
     /// failures; default DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE.
-    pub failure_grpc_statuses: crate::proxy::grpc::GrpcStatusSet,
+    pub failure_grpc_statuses: crate::grpc::GrpcStatusSet,
 }
 
 impl BreakerConfig {
@@ -313,7 +313,7 @@ impl Default for BreakerConfig {
             max_concurrent_requests: 1024,
             max_pending: 1024,
             failure_statuses: vec![(500, 599)],
-            failure_grpc_statuses: crate::proxy::grpc::GrpcStatusSet::new(
+            failure_grpc_statuses: crate::grpc::GrpcStatusSet::new(
                 &DEFAULT_FAILURE_GRPC_STATUSES,
             ),
         }

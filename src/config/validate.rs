@@ -7,7 +7,7 @@ use super::raw::*;
 use crate::layers::breaker::state::BreakerSettings;
 use crate::layers::breaker::window::WindowSettings;
 use crate::layers::outlier::ejection::OutlierSettings;
-use crate::proxy::grpc::GrpcStatusSet;
+use crate::grpc::GrpcStatusSet;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 //! upstream's slowness into levee's memory and everyone's latency.
 
 use crate::error::ProxyError;
-use crate::proxy::call::{Answer, Call, CallFuture, CallService};
+use crate::call::{Answer, Call, CallFuture, CallService};
 use crate::upstream::WorkerUpstream;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;

@@ -12,7 +12,7 @@ pub mod global;
 use crate::config::{RateLimitConfig, RateLimitKey};
 use crate::error::ProxyError;
 use crate::metrics::RouteMetrics;
-use crate::proxy::call::{Answer, Call, CallFuture, CallService};
+use crate::call::{Answer, Call, CallFuture, CallService};
 use crate::redis::Redis;
 use gcra::{Decision, GcraCell, GcraSettings, KeyedLimiter};
 use global::{Fallback, GlobalLimiter, KeyDigest, LeaseCheck};

@@ -5,7 +5,7 @@
 //! measurable CPU at proxy rates.
 
 use crate::error::ProxyError;
-use crate::proxy::call::{Answer, Call, CallFuture, CallService};
+use crate::call::{Answer, Call, CallFuture, CallService};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tower::{Layer, Service};

@@ -3,8 +3,8 @@
 
 use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::error::ProxyError;
-use crate::proxy::body::{RequestBody, RequestBodyError, ResponseBodyError};
-use crate::proxy::call::CallRequest;
+use crate::body::{RequestBody, RequestBodyError, ResponseBodyError};
+use crate::call::CallRequest;
 use crate::upstream::h1::{DirectBody, DirectClient};
 use crate::worker::Sharded;
 use bytes::Bytes;
@@ -507,10 +507,10 @@ impl ClientService {
     }
 }
 
-impl tower::Service<crate::proxy::call::Call> for ClientService {
-    type Response = crate::proxy::call::Answer;
+impl tower::Service<crate::call::Call> for ClientService {
+    type Response = crate::call::Answer;
     type Error = ProxyError;
-    type Future = crate::proxy::call::CallFuture;
+    type Future = crate::call::CallFuture;
 
     fn poll_ready(
         &mut self,
@@ -519,7 +519,7 @@ impl tower::Service<crate::proxy::call::Call> for ClientService {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, call: crate::proxy::call::Call) -> Self::Future {
+    fn call(&mut self, call: crate::call::Call) -> Self::Future {
         let upstream = self.upstream.clone();
         Box::pin(async move {
             let endpoint = call.endpoint;
@@ -532,7 +532,7 @@ impl tower::Service<crate::proxy::call::Call> for ClientService {
             let resp = tokio::time::timeout_at(call.deadline, sent)
                 .await
                 .map_err(|_| ProxyError::UpstreamTimeout)??;
-            Ok(crate::proxy::call::Answer {
+            Ok(crate::call::Answer {
                 deferred: upstream.defer_verdict(&resp),
                 resp,
                 endpoint,

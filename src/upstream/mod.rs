@@ -127,7 +127,7 @@ impl Upstream {
     /// answer whose status is still to come (`Answer::deferred`).
     pub fn verdict(
         &self,
-        result: &Result<crate::proxy::call::Answer, crate::error::ProxyError>,
+        result: &Result<crate::call::Answer, crate::error::ProxyError>,
     ) -> Option<bool> {
         match result {
             Ok(a) if a.deferred.is_some() => None,
@@ -150,8 +150,8 @@ impl Upstream {
         if resp.status() != http::StatusCode::OK {
             return None;
         }
-        let status = crate::proxy::grpc::status_in(resp.headers())?;
-        crate::proxy::grpc::is_grpc_response(resp.headers()).then_some(status)
+        let status = crate::grpc::status_in(resp.headers())?;
+        crate::grpc::is_grpc_response(resp.headers()).then_some(status)
     }
 
     /// For a gRPC answer whose `grpc-status` will come in its trailers, the verdict that its
@@ -159,13 +159,13 @@ impl Upstream {
     pub fn defer_verdict<B: http_body::Body>(
         &self,
         resp: &http::Response<B>,
-    ) -> Option<Box<crate::proxy::grpc::DeferredVerdict>> {
+    ) -> Option<Box<crate::grpc::DeferredVerdict>> {
         let grpc = resp.status() == http::StatusCode::OK
             && !resp.body().is_end_stream()
-            && !resp.headers().contains_key(crate::proxy::grpc::GRPC_STATUS)
-            && crate::proxy::grpc::is_grpc_response(resp.headers());
+            && !resp.headers().contains_key(crate::grpc::GRPC_STATUS)
+            && crate::grpc::is_grpc_response(resp.headers());
         grpc.then(|| {
-            Box::new(crate::proxy::grpc::DeferredVerdict::new(
+            Box::new(crate::grpc::DeferredVerdict::new(
                 self.config.breaker.failure_grpc_statuses,
             ))
         })

@@ -24,7 +24,7 @@ use response::Framing;
 
 use crate::config::UpstreamConfig;
 use crate::error::ProxyError;
-use crate::proxy::body::RequestBody;
+use crate::body::RequestBody;
 use crate::worker::Sharded;
 use bytes::Bytes;
 use http::uri::Authority;

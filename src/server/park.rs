@@ -19,15 +19,11 @@
 //! connection are handed over through `ConnActivity`, since the plain hyper connection used here
 //! does not fulfil `hyper::upgrade::on`.
 
-pub mod activity;
-pub mod rewind;
-
-use activity::{plan, Step};
-pub use activity::{Busy, ConnActivity, Upgraded};
-use rewind::Rewind;
+use crate::conn::{plan, ConnActivity, Step, Upgraded};
+use crate::rewind::Rewind;
 
 use crate::proxy::framing::{Audited, FramingAudit};
-use crate::proxy::handler::{handle, ConnContext};
+use crate::server::handler::{handle, ConnContext};
 use crate::send_timeout::SendTimeout;
 use crate::snapshot::ListenerRuntime;
 use crate::worker::Worker;

@@ -1,6 +1,6 @@
 //! The unit of work that flows down a route's service stack.
 
-use super::body::RequestBody;
+use crate::body::RequestBody;
 use http::{Method, Request, Response};
 use std::future::Future;
 use std::net::IpAddr;
@@ -103,7 +103,7 @@ pub struct Answer {
     /// Set for a gRPC response whose `grpc-status` is still to come in its trailers: layers
     /// that judge the answer attach their bookkeeping here instead of recording at the head,
     /// and the response body settles it when the call really ends.
-    pub deferred: Option<Box<super::grpc::DeferredVerdict>>,
+    pub deferred: Option<Box<crate::grpc::DeferredVerdict>>,
 }
 
 /// When `result` arrived: the answer's own reading, or now for a failure.

@@ -3,7 +3,7 @@
 //! may be resumed after a park at all, and where an upgraded socket must go. Plus the pure
 //! decision the connection loop takes from that (`plan`), kept apart so it is tested alone.
 
-use super::PARK_AFTER;
+use crate::server::park::PARK_AFTER;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};

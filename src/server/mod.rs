@@ -3,9 +3,12 @@
 //! serves HTTP/1 with a plain hyper connection it can park when idle, and HTTP/2 prior knowledge
 //! with hyper-util's auto builder; TLS connections are served by the auto builder.
 
+pub mod handler;
+pub mod park;
+
 use crate::config::ListenerConfig;
 use crate::proxy::framing::{Audited, FramingAudit};
-use crate::proxy::handler::{handle, ConnContext};
+use crate::server::handler::{handle, ConnContext};
 use crate::send_timeout::SendTimeout;
 use crate::snapshot::ListenerRuntime;
 use crate::worker::{Worker, WorkerRuntime};
@@ -220,7 +223,7 @@ async fn accept_loop(
             let _count = count;
             match runtime.tls.clone() {
                 None => {
-                    crate::park::serve_plain(stream, peer, worker, runtime, stop, watcher).await
+                    park::serve_plain(stream, peer, worker, runtime, stop, watcher).await
                 }
                 // Boxed: the TLS handshake and TLS connection states are large, and inline they
                 // would size every plain-TCP connection's task too.
