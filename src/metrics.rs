@@ -333,13 +333,6 @@ impl UpstreamMetrics {
             upstream: upstream.to_string(),
             endpoint: e.clone(),
         };
-        for (from, to) in crate::layers::breaker::state::StateKind::TRANSITIONS {
-            drop(m.circuit_transitions.get_or_create(&TransitionLabels {
-                upstream: upstream.to_string(),
-                from: from.as_str(),
-                to: to.as_str(),
-            }));
-        }
         UpstreamMetrics {
             name: upstream.to_string(),
             duration: m.upstream_duration.get_or_create(&label).clone(),

@@ -9,7 +9,6 @@
 pub mod gcra;
 pub mod global;
 
-use crate::config::{RateLimitConfig, RateLimitKey};
 use crate::error::ProxyError;
 use crate::metrics::RouteMetrics;
 use crate::call::{Answer, Call, CallFuture, CallService};
@@ -286,4 +285,36 @@ where
         }
         self.inner.call(call)
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitKey {
+    Global,
+    ClientIp,
+    Header(http::HeaderName),
+}
+
+impl RateLimitKey {
+    pub fn describe(&self) -> String {
+        match self {
+            RateLimitKey::Global => "global".into(),
+            RateLimitKey::ClientIp => "client_ip".into(),
+            RateLimitKey::Header(h) => format!("header:{h}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimitScope {
+    Local,
+    Global,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitConfig {
+    pub rps: f64,
+    pub burst: u32,
+    pub key: RateLimitKey,
+    pub scope: RateLimitScope,
+    pub max_keys: usize,
 }

@@ -11,7 +11,6 @@
 pub mod backoff;
 pub mod budget;
 
-use crate::config::RetryConfig;
 use crate::error::ProxyError;
 use crate::metrics::RouteMetrics;
 use crate::body::RequestBody;
@@ -235,4 +234,27 @@ where
             }
         })
     }
+}
+
+/// Which failures a retry may follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetryOn {
+    pub connect_failure: bool,
+    pub reset: bool,
+    pub gateway_error: bool,
+    pub retriable_status: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryConfig {
+    /// Total tries including the first.
+    pub attempts: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub budget_ratio: f64,
+    pub budget_min_per_sec: u32,
+    pub on: RetryOn,
+    pub retriable_statuses: Vec<u16>,
+    pub max_retry_body: u64,
 }

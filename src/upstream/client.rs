@@ -59,7 +59,7 @@ impl UpstreamClient {
         http.set_nodelay(true);
         http.enforce_http(false);
         http.set_keepalive(Some(std::time::Duration::from_secs(60)));
-        let tls_config = crate::tls::upstream_client_config(config)?;
+        let tls_config = crate::tls::upstream_client_config(&config.name, config.tls.as_ref())?;
         let builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls_config)
             .https_or_http();
