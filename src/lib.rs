@@ -25,6 +25,7 @@ pub mod rewind;
 pub mod runtime;
 pub mod send_timeout;
 pub mod server;
+pub mod shard;
 pub mod shared;
 pub mod snapshot;
 pub mod status;

@@ -6,7 +6,7 @@ use crate::error::ProxyError;
 use crate::body::{RequestBody, RequestBodyError, ResponseBodyError};
 use crate::call::CallRequest;
 use crate::upstream::h1::{DirectBody, DirectClient};
-use crate::worker::Sharded;
+use crate::shard::Sharded;
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{Method, Request, Response, Uri, Version};

@@ -25,7 +25,7 @@ use response::Framing;
 use crate::config::UpstreamConfig;
 use crate::error::ProxyError;
 use crate::body::RequestBody;
-use crate::worker::Sharded;
+use crate::shard::Sharded;
 use bytes::Bytes;
 use http::uri::Authority;
 use http::{header, Method, Request, Response};
