@@ -486,6 +486,29 @@ fn report(parent: &[String], edges: &Edges) -> Vec<String> {
     lines
 }
 
+/// Imports that still point the wrong way, each closing a cycle, as (directory, from, to); the
+/// crate's top level is "". The check leaves them out and fails once one is gone, so this list
+/// only shrinks. What cuts each (docs/architecture.md, "Not yet one way"):
+const NOT_YET_CUT: &[(&str, &str, &str)] = &[
+    // The runtime starts its drivers (admin listener, file watch, systemd notify).
+    ("", "runtime", "admin"),
+    ("", "runtime", "watch"),
+    ("", "runtime", "lifecycle"),
+    // The per-upstream layers hold the whole `Arc<Upstream>`, not their own state.
+    ("", "layers", "upstream"),
+    // A response body charges a late failure to its upstream; the answer carries the client's
+    // body type.
+    ("", "body", "upstream"),
+    ("", "call", "upstream"),
+    // Response rendering, which belongs to the request path.
+    ("", "error", "body"),
+    ("", "grpc", "body"),
+    // The rate limit keys on the client address formatted by `proxy::forward`.
+    ("", "layers", "proxy"),
+    // `Shared::publish` wakes the workers it keeps a list of.
+    ("", "shared", "worker"),
+];
+
 #[test]
 fn imports_point_one_way() {
     let krate = read_crate();
@@ -503,9 +526,25 @@ fn imports_point_one_way() {
             .cloned(),
     );
     let mut problems = Vec::new();
+    let mut still_there = BTreeSet::new();
     for parent in &parents {
-        let edges = graph(&krate, parent);
+        let mut edges = graph(&krate, parent);
+        for (scope, from, to) in NOT_YET_CUT {
+            if *scope == parent.join("/")
+                && edges.get_mut(*from).and_then(|e| e.remove(*to)).is_some()
+            {
+                still_there.insert((*scope, *from, *to));
+            }
+        }
         problems.extend(report(parent, &edges));
+    }
+    for edge in NOT_YET_CUT {
+        if !still_there.contains(edge) {
+            problems.push(format!("{edge:?} is cut: remove it from NOT_YET_CUT"));
+        }
+    }
+    for (scope, from, to) in &still_there {
+        eprintln!("not yet cut (issue 15): {scope}: {from} -> {to}");
     }
     for line in &problems {
         eprintln!("{line}");
