@@ -85,7 +85,7 @@ pub struct Metrics {
     pub reloads: Family<ResultLabel, Counter>,
     pub config_version: Gauge,
     pub connections: ShardedGauge,
-    /// Idle HTTP/1 connections parked now (`crate::park`); also counted in `connections`.
+    /// Idle HTTP/1 connections parked now (`crate::server::park`); also counted in `connections`.
     pub parked: Gauge,
     /// Times an idle HTTP/1 connection's hyper connection was ended to park it.
     pub parks: Counter,

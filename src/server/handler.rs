@@ -30,10 +30,10 @@ pub struct ConnContext {
     pub peer: SocketAddr,
     pub tls: bool,
     pub listener: Arc<ListenerRuntime>,
-    /// Set on plaintext HTTP/1 connections, which are parked when idle (`crate::park`).
+    /// Set on plaintext HTTP/1 connections, which are parked when idle (`crate::server::park`).
     pub activity: Option<Arc<ConnActivity>>,
     /// Set on HTTP/1 connections: which request heads had both `Content-Length` and
-    /// `Transfer-Encoding`, which hyper resolves without telling (`super::framing`).
+    /// `Transfer-Encoding`, which hyper resolves without telling (`crate::proxy::framing`).
     pub framing: Option<Arc<FramingAudit>>,
 }
 
