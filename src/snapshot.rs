@@ -5,15 +5,15 @@
 
 use crate::config::{Config, ListenerConfig, RateLimitScope};
 use crate::history::History;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
 use crate::layers::rate_limit::RouteLimiter;
 use crate::layers::retry::RetryPolicy;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::proxy::route::Router;
 use crate::redis::Redis;
 use crate::upstream::Upstream;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -20,10 +20,10 @@
 
 use crate::metrics::RouteMetrics;
 use crate::proxy::stack::{self, RouteStack};
+pub use crate::shard::{current, reserve_shards, shard_count};
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
 use crate::upstream::WorkerUpstream;
-pub use crate::shard::{current, reserve_shards, shard_count};
 use arc_swap::ArcSwap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,13 +90,7 @@ impl WorkerSnapshot {
                     .unwrap_or_else(|| Arc::new(WorkerUpstream(r.upstream.clone())));
                 let metrics = Arc::new(RouteMetrics::clone(&r.metrics));
                 WorkerRoute {
-                    stack: stack::build(
-                        &upstream,
-                        r.config.timeout,
-                        r.limiter.as_ref(),
-                        r.retry.as_ref(),
-                        &metrics,
-                    ),
+                    stack: stack::build(&upstream, r.limiter.as_ref(), r.retry.as_ref(), &metrics),
                     upstream,
                 }
             })

@@ -2,11 +2,11 @@
 //! compiles this into runtime state; equality on these types decides what a reload carries over.
 
 use crate::layers::breaker::state::BreakerSettings;
+use crate::layers::outlier::ejection::OutlierSettings;
 pub use crate::layers::rate_limit::{RateLimitConfig, RateLimitKey, RateLimitScope};
 pub use crate::layers::retry::{RetryConfig, RetryOn};
 pub use crate::redis::{OnRedisError, RedisConfig};
 pub use crate::tls::{CertificateConfig, ListenerTls, UpstreamTls};
-use crate::layers::outlier::ejection::OutlierSettings;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -195,9 +195,7 @@ impl Default for BreakerConfig {
             max_concurrent_requests: 1024,
             max_pending: 1024,
             failure_statuses: vec![(500, 599)],
-            failure_grpc_statuses: crate::grpc::GrpcStatusSet::new(
-                &DEFAULT_FAILURE_GRPC_STATUSES,
-            ),
+            failure_grpc_statuses: crate::grpc::GrpcStatusSet::new(&DEFAULT_FAILURE_GRPC_STATUSES),
         }
     }
 }

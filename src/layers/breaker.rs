@@ -6,9 +6,9 @@
 pub mod state;
 pub mod window;
 
+use crate::call::{Call, CallFuture, CallService};
 use crate::error::ProxyError;
 use crate::metrics::{Metrics, TransitionLabels};
-use crate::call::{Call, CallFuture, CallService};
 use crate::upstream::WorkerUpstream;
 use parking_lot::Mutex;
 use state::{

@@ -4,8 +4,8 @@
 
 pub mod ejection;
 
-use crate::error::ProxyError;
 use crate::call::{Answer, Call, CallFuture, CallService};
+use crate::error::ProxyError;
 use crate::upstream::{Upstream, WorkerUpstream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -9,9 +9,9 @@
 pub mod gcra;
 pub mod global;
 
+use crate::call::{Answer, Call, CallFuture, CallService};
 use crate::error::ProxyError;
 use crate::metrics::RouteMetrics;
-use crate::call::{Answer, Call, CallFuture, CallService};
 use crate::redis::Redis;
 use gcra::{Decision, GcraCell, GcraSettings, KeyedLimiter};
 use global::{Fallback, GlobalLimiter, KeyDigest, LeaseCheck};

@@ -11,10 +11,10 @@
 pub mod backoff;
 pub mod budget;
 
-use crate::error::ProxyError;
-use crate::metrics::RouteMetrics;
 use crate::body::RequestBody;
 use crate::call::{Answer, Call, CallFuture, CallRequest, CallService};
+use crate::error::ProxyError;
+use crate::metrics::RouteMetrics;
 use backoff::Backoff;
 use budget::RetryBudget;
 use bytes::Bytes;

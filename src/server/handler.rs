@@ -1,18 +1,18 @@
 //! The entry point of every proxied request: pick the snapshot and route, check the request,
 //! rewrite headers, run the route's stack, and turn the outcome into the client's response.
 
-use crate::proxy::access_log::{self, AccessLog};
 use crate::body::{ClientBody, RequestBody, ResponseBody};
 use crate::call::Call;
+use crate::conn::{ConnActivity, Upgraded};
+use crate::error::ProxyError;
+use crate::grpc;
+use crate::metrics::status_class;
+use crate::proxy::access_log::{self, AccessLog};
 use crate::proxy::forward::{self, Peer};
 use crate::proxy::framing::FramingAudit;
-use crate::grpc;
 use crate::proxy::path;
 use crate::proxy::route::normalize_host;
-use crate::error::ProxyError;
-use crate::metrics::status_class;
 use crate::rewind::Rewind;
-use crate::conn::{ConnActivity, Upgraded};
 use crate::snapshot::{ListenerRuntime, Route};
 use crate::worker::{Worker, WorkerRoute, WorkerSnapshot};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
@@ -415,9 +415,12 @@ fn prepare(
         req: crate::call::CallRequest::new(upstream_req),
         client_ip,
         started,
-        deadline: grpc_deadline.map_or(started + route.config.timeout, |d| {
-            d.min(started + route.config.timeout)
-        }),
+        // The route's `timeout`, from receiving the request to the upstream's response head,
+        // across retries: set here once, enforced where a call can wait (`proxy/stack.rs`).
+        deadline: grpc_deadline
+            .map_or(crate::deadline::after(started, route.config.timeout), |d| {
+                d.min(crate::deadline::after(started, route.config.timeout))
+            }),
         endpoint: 0,
         avoid: None,
         picked: None,

@@ -7,8 +7,8 @@ pub mod handler;
 pub mod park;
 
 use crate::proxy::framing::{Audited, FramingAudit};
-use crate::server::handler::{handle, ConnContext};
 use crate::send_timeout::SendTimeout;
+use crate::server::handler::{handle, ConnContext};
 use crate::snapshot::ListenerRuntime;
 use crate::worker::{Worker, WorkerRuntime};
 use hyper::service::service_fn;
@@ -181,9 +181,7 @@ async fn accept_loop(
         tokio::spawn(async move {
             let _count = count;
             match runtime.tls.clone() {
-                None => {
-                    park::serve_plain(stream, peer, worker, runtime, stop, watcher).await
-                }
+                None => park::serve_plain(stream, peer, worker, runtime, stop, watcher).await,
                 // Boxed: the TLS handshake and TLS connection states are large, and inline they
                 // would size every plain-TCP connection's task too.
                 Some(acceptor) => {

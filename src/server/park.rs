@@ -23,8 +23,8 @@ use crate::conn::{plan, ConnActivity, Step, Upgraded, PARK_AFTER};
 use crate::rewind::Rewind;
 
 use crate::proxy::framing::{Audited, FramingAudit};
-use crate::server::handler::{handle, ConnContext};
 use crate::send_timeout::SendTimeout;
+use crate::server::handler::{handle, ConnContext};
 use crate::snapshot::ListenerRuntime;
 use crate::worker::Worker;
 use bytes::Bytes;
@@ -37,7 +37,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
-
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 

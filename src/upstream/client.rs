@@ -1,12 +1,12 @@
 //! The pooled HTTP client for one upstream: keep-alive connections per endpoint, connect timeout,
 //! HTTP/1.1 or HTTP/2, optional TLS; failures are sorted into connect errors and resets.
 
-use crate::config::{UpstreamConfig, UpstreamProtocol};
-use crate::error::ProxyError;
 use crate::body::{RequestBody, RequestBodyError, ResponseBodyError};
 use crate::call::CallRequest;
-use crate::upstream::h1::{DirectBody, DirectClient};
+use crate::config::{UpstreamConfig, UpstreamProtocol};
+use crate::error::ProxyError;
 use crate::shard::Sharded;
+use crate::upstream::h1::{DirectBody, DirectClient};
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{Method, Request, Response, Uri, Version};

@@ -86,11 +86,15 @@ impl Upstream {
         let upstream_metrics = UpstreamMetrics::new(metrics, &config.name, &config.endpoints);
         // Every transition shows in the metrics from the start, at zero.
         for (from, to) in crate::layers::breaker::state::StateKind::TRANSITIONS {
-            drop(metrics.circuit_transitions.get_or_create(&crate::metrics::TransitionLabels {
-                upstream: config.name.clone(),
-                from: from.as_str(),
-                to: to.as_str(),
-            }));
+            drop(
+                metrics
+                    .circuit_transitions
+                    .get_or_create(&crate::metrics::TransitionLabels {
+                        upstream: config.name.clone(),
+                        from: from.as_str(),
+                        to: to.as_str(),
+                    }),
+            );
         }
         for g in &upstream_metrics.healthy {
             g.set(1);

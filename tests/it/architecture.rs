@@ -328,7 +328,9 @@ fn read_crate() -> Crate {
                     let mut paths = Vec::new();
                     p.tree(&prefix, &mut paths);
                     for path in paths {
-                        found.entry(resolve(&modules, &path)).or_insert(line_at(start));
+                        found
+                            .entry(resolve(&modules, &path))
+                            .or_insert(line_at(start));
                     }
                     i = p.i;
                     continue;
@@ -356,7 +358,9 @@ fn read_crate() -> Crate {
             let mut paths = Vec::new();
             p.tree(&base, &mut paths);
             for path in paths {
-                found.entry(resolve(&modules, &path)).or_insert(line_at(start));
+                found
+                    .entry(resolve(&modules, &path))
+                    .or_insert(line_at(start));
             }
             i = p.i;
         }
@@ -569,12 +573,11 @@ fn the_checker_sees_cycles_and_ignores_what_is_not_an_import() {
     let mut paths = Vec::new();
     p.tree(&[], &mut paths);
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-    assert_eq!(
-        paths,
-        vec![s(&["a", "b"]), s(&["a", "c", "D"]), s(&["e"])]
-    );
+    assert_eq!(paths, vec![s(&["a", "b"]), s(&["a", "c", "D"]), s(&["e"])]);
     assert!(!code.contains("zz") && !code.contains("yy"));
-    assert!(without_test_modules("a\n#[cfg(test)]\nmod tests {\n use crate::x;\n}\nb").ends_with("\nb"));
+    assert!(
+        without_test_modules("a\n#[cfg(test)]\nmod tests {\n use crate::x;\n}\nb").ends_with("\nb")
+    );
 
     let mut edges = Edges::new();
     for (a, b) in [("x", "y"), ("y", "z"), ("z", "x"), ("z", "w")] {

@@ -21,8 +21,8 @@
 //! tokens that expire make the fleet stricter, never looser.
 
 use super::RateLimitConfig;
-use crate::redis::OnRedisError;
 use crate::deadline::after;
+use crate::redis::OnRedisError;
 use crate::redis::{Grant, Redis};
 use parking_lot::Mutex;
 use std::collections::HashMap;

@@ -22,9 +22,9 @@ use body::Streaming;
 use pool::{Conn, ConnPool};
 use response::Framing;
 
+use crate::body::RequestBody;
 use crate::config::UpstreamConfig;
 use crate::error::ProxyError;
-use crate::body::RequestBody;
 use crate::shard::Sharded;
 use bytes::Bytes;
 use http::uri::Authority;
