@@ -29,18 +29,18 @@ pub struct Call {
 }
 
 impl Call {
-    /// GET, HEAD, OPTIONS, PUT, DELETE and TRACE: safe to send twice (RFC 9110 §9.2.2).
     pub fn is_idempotent(&self) -> bool {
-        matches!(
-            *self.req.method(),
-            Method::GET
-                | Method::HEAD
-                | Method::OPTIONS
-                | Method::PUT
-                | Method::DELETE
-                | Method::TRACE
-        )
+        is_idempotent(self.req.method())
     }
+}
+
+/// GET, HEAD, OPTIONS, PUT, DELETE and TRACE: safe to send twice (RFC 9110 §9.2.2). The one
+/// copy of the rule: retries and the resend on a stale pooled connection both ask it.
+pub fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
 }
 
 /// The request of a call. Either way it is a pointer: a call moves through every layer, and a

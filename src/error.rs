@@ -137,27 +137,6 @@ impl ProxyError {
         self.side() == Side::Upstream && !matches!(self, ProxyError::UpstreamProtocol(_))
     }
 
-    /// Whether another try could succeed without the first having had side effects upstream.
-    /// A connect failure never reached the upstream; a reset or timeout may have, so those are
-    /// retried only for idempotent requests (the retry layer checks the method).
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            ProxyError::UpstreamConnect(_)
-            | ProxyError::UpstreamReset(_)
-            | ProxyError::UpstreamTimeout
-            | ProxyError::NoHealthyEndpoint { .. }
-            | ProxyError::Overloaded => true,
-            ProxyError::NoRoute
-            | ProxyError::MethodNotAllowed
-            | ProxyError::BadRequest(_)
-            | ProxyError::HeadersTooLarge
-            | ProxyError::BodyTooLarge
-            | ProxyError::RateLimited { .. }
-            | ProxyError::CircuitOpen { .. }
-            | ProxyError::UpstreamProtocol(_) => false,
-        }
-    }
-
     fn retry_after(&self) -> Option<Duration> {
         match self {
             ProxyError::RateLimited { retry_after, .. }

@@ -68,9 +68,12 @@ impl RetryPolicy {
             Err(ProxyError::UpstreamReset(_)) | Err(ProxyError::UpstreamTimeout) => {
                 idempotent && (on.reset || on.gateway_error)
             }
-            // Another endpoint may have room or be back; the breaker's verdict is final.
-            Err(ProxyError::Overloaded) | Err(ProxyError::NoHealthyEndpoint { .. }) => false,
-            Err(e) => e.is_retryable() && idempotent,
+            // The one retryability rule (there is no other): a connect failure never reached
+            // the upstream; a reset or timeout may have, so only idempotent calls follow one.
+            // Overloaded and no healthy endpoint are not retried: the breaker's and the
+            // balancer's verdicts are final for this request. The rest are levee's own refusals,
+            // the client's faults, or a protocol violation another try would repeat.
+            Err(_) => false,
         }
     }
 }

@@ -308,11 +308,7 @@ impl Replay {
 }
 
 fn replayable(req: &Request<RequestBody>) -> Option<Replay> {
-    let idempotent = matches!(
-        *req.method(),
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    );
-    if !idempotent {
+    if !crate::call::is_idempotent(req.method()) {
         return None;
     }
     let body = match req.body() {
