@@ -191,7 +191,7 @@ impl RouteLimiter {
                 match &self.config.key {
                     RateLimitKey::ClientIp => {
                         let mut buf = [0u8; 64];
-                        let key = crate::proxy::forward::format_ip(call.client_ip, &mut buf);
+                        let key = crate::call::format_ip(call.client_ip, &mut buf);
                         keyed.check(std::str::from_utf8(key).unwrap_or(""), now)
                     }
                     RateLimitKey::Header(name) => {

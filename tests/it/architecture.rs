@@ -507,8 +507,6 @@ const NOT_YET_CUT: &[(&str, &str, &str)] = &[
     // Response rendering, which belongs to the request path.
     ("", "error", "body"),
     ("", "grpc", "body"),
-    // The rate limit keys on the client address formatted by `proxy::forward`.
-    ("", "layers", "proxy"),
     // `Shared::publish` wakes the workers it keeps a list of.
     ("", "shared", "worker"),
 ];
