@@ -7,9 +7,9 @@
 //! upstream.
 
 use super::Upstream;
+use crate::body::RequestBody;
 use crate::config::UpstreamConfig;
 use crate::layers::breaker::state::{BreakerSettings, ProbeOutcome};
-use crate::proxy::body::RequestBody;
 use http::{header, HeaderValue, Request};
 use std::sync::Weak;
 use std::time::Duration;
@@ -82,7 +82,7 @@ async fn probe(u: &Upstream, next_endpoint: &mut usize) -> ProbeOutcome {
         .map_or(PROBE_TIMEOUT, |h| h.timeout);
     let sent = u
         .client
-        .send(crate::proxy::call::CallRequest::new(req), i, &ep.authority);
+        .send(crate::call::CallRequest::new(req), i, &ep.authority);
     match tokio::time::timeout(timeout, sent).await {
         Ok(Ok(resp)) => {
             let status = resp.status();
