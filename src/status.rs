@@ -88,6 +88,7 @@ pub fn render(shared: &Shared) -> Value {
                 "host": r.config.host,
                 "path_prefix": r.config.path_prefix,
                 "upstream": r.config.upstream,
+                "split": r.split.as_ref().map(|s| s.status(now)),
                 "timeout_ms": ms(r.config.timeout),
                 "rate_limit": r.limiter.as_ref().map(|l| json!({
                     "rps": l.config.rps,

@@ -96,6 +96,8 @@ pub struct WorkerSnapshot {
 pub struct WorkerRoute {
     pub stack: RouteStack,
     pub upstream: Arc<WorkerUpstream>,
+    /// A split route's targets, in the order of its `split` (empty for one upstream).
+    pub split: Box<[crate::proxy::split::WorkerTarget]>,
 }
 
 impl WorkerSnapshot {
@@ -115,7 +117,9 @@ impl WorkerSnapshot {
                     .cloned()
                     .unwrap_or_else(|| Arc::new(WorkerUpstream(r.upstream.clone())));
                 let metrics = Arc::new(RouteMetrics::clone(&r.metrics));
+                let split = crate::proxy::split::worker_targets(r, &upstreams);
                 WorkerRoute {
+                    split,
                     stack: stack::build(
                         &upstream,
                         r.config.timeout,

@@ -9,5 +9,6 @@ pub mod grpc;
 pub mod handler;
 pub mod path;
 pub mod route;
+pub mod split;
 pub mod stack;
 pub mod tunnel;
