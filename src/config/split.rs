@@ -115,3 +115,75 @@ pub fn endpoint(raw: &Spanned<RawEndpoint>, d: &mut Diagnostics) -> (String, u32
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::parse;
+    use std::path::Path;
+
+    const UPSTREAMS: &str = "[[upstream]]\nname = \"stable\"\nendpoints = [\"127.0.0.1:1\"]\n[[upstream]]\nname = \"canary\"\nendpoints = [\"127.0.0.1:2\", { address = \"127.0.0.1:3\", weight = 3 }]\n";
+
+    fn file(route: &str) -> String {
+        format!("[[listener]]\nbind = \"127.0.0.1:0\"\n[[route]]\n{route}\n{UPSTREAMS}")
+    }
+
+    #[test]
+    fn a_split_and_endpoint_weights_are_read() {
+        let config = parse(
+            "t.toml",
+            &file(r#"split = [{ upstream = "stable", weight = 95 }, { upstream = "canary", weight = 5 }]"#),
+            Path::new("."),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let r = &config.routes[0];
+        assert_eq!(r.upstream, "stable");
+        assert_eq!(
+            r.split.iter().map(|t| (t.upstream.as_str(), t.weight)).collect::<Vec<_>>(),
+            [("stable", 95), ("canary", 5)]
+        );
+        assert_eq!(config.upstreams[1].endpoint_weights, [1, 3]);
+        assert_eq!(config.upstreams[1].endpoints, ["127.0.0.1:2", "127.0.0.1:3"]);
+    }
+
+    #[test]
+    fn bad_splits_are_reported_where_they_are_written() {
+        let errors = parse(
+            "t.toml",
+            &file(r#"split = [{ upstream = "stabel", weight = 95 }, { upstream = "canary", weight = 0 }, { upstream = "canary", weight = -2 }]"#),
+            Path::new("."),
+        )
+        .unwrap_err();
+        let lines: Vec<String> = errors.0.iter().map(|p| p.to_string()).collect();
+        assert_eq!(lines.len(), 4, "{lines:#?}");
+        assert!(
+            lines[0].starts_with(r#"t.toml:4:23: route "route0" names upstream "stabel", which does not exist: did you mean "stable"?"#),
+            "{lines:#?}"
+        );
+        assert!(lines[1].starts_with("t.toml:4:80: split weight 0 must be a whole number from 1 to 1000000"), "{lines:#?}");
+        assert!(lines[2].starts_with(r#"t.toml:4:98: route "route0" lists upstream "canary" twice"#), "{lines:#?}");
+        assert!(lines[3].starts_with("t.toml:4:117: split weight -2"), "{lines:#?}");
+
+        let both = parse(
+            "t.toml",
+            &file("upstream = \"stable\"\nsplit = [{ upstream = \"canary\", weight = 1 }]"),
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(both.0[0].to_string().starts_with(r#"t.toml:5:9: route "route0" has both upstream and split"#), "{both}");
+        let empty = parse("t.toml", &file("split = []"), Path::new(".")).unwrap_err();
+        assert!(empty.0[0].to_string().starts_with(r#"t.toml:4:9: route "route0" has an empty split"#), "{empty}");
+        let none = parse("t.toml", &file("name = \"api\""), Path::new(".")).unwrap_err();
+        assert!(none.0[0].to_string().contains(r#"route "api" has no upstream"#), "{none}");
+    }
+
+    #[test]
+    fn a_bad_endpoint_weight_points_at_its_entry() {
+        let text = "[[listener]]\nbind = \"127.0.0.1:0\"\n[[route]]\nupstream = \"app\"\n[[upstream]]\nname = \"app\"\nendpoints = [\"127.0.0.1:1\", { address = \"127.0.0.1:2\", weight = 0 }]\n";
+        let errors = parse("t.toml", text, Path::new(".")).unwrap_err();
+        assert_eq!(errors.0.len(), 1, "{errors}");
+        assert!(
+            errors.0[0].to_string().starts_with("t.toml:7:29: endpoint weight 0 must be a whole number from 1 to 1000000"),
+            "{errors}"
+        );
+    }
+}

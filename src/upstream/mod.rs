@@ -6,6 +6,7 @@ pub mod balance;
 pub mod client;
 pub mod h1;
 pub mod health;
+pub mod weights;
 
 use crate::config::UpstreamConfig;
 use crate::history::History;
@@ -58,6 +59,8 @@ pub struct Upstream {
     /// the upstream of the same name when a reload changes its definition.
     pub history: Arc<History>,
     pub(crate) next: AtomicUsize,
+    /// Set when endpoints carry different weights (`weights`).
+    pub weights: Option<weights::WeightTable>,
     health_started: AtomicBool,
 }
 
@@ -106,6 +109,7 @@ impl Upstream {
             config: config.clone(),
             endpoints: endpoints.into_boxed_slice(),
             next: AtomicUsize::new(0),
+            weights: weights::WeightTable::new(&config.endpoint_weights),
             health_started: AtomicBool::new(false),
         })
     }
