@@ -210,6 +210,9 @@ mod tests {
             t.contains("route api splits: stable 95.0% (now 100.0%, breaker closed), canary 5.0% (now 0.0%, breaker open)"),
             "{t}"
         );
-        assert!(t.contains("  canary: breaker open, its 5% goes to stable\n"), "{t}");
+        assert!(
+            t.contains("  canary: breaker open, its 5% goes to stable\n"),
+            "{t}"
+        );
     }
 }

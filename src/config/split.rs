@@ -138,11 +138,17 @@ mod tests {
         let r = &config.routes[0];
         assert_eq!(r.upstream, "stable");
         assert_eq!(
-            r.split.iter().map(|t| (t.upstream.as_str(), t.weight)).collect::<Vec<_>>(),
+            r.split
+                .iter()
+                .map(|t| (t.upstream.as_str(), t.weight))
+                .collect::<Vec<_>>(),
             [("stable", 95), ("canary", 5)]
         );
         assert_eq!(config.upstreams[1].endpoint_weights, [1, 3]);
-        assert_eq!(config.upstreams[1].endpoints, ["127.0.0.1:2", "127.0.0.1:3"]);
+        assert_eq!(
+            config.upstreams[1].endpoints,
+            ["127.0.0.1:2", "127.0.0.1:3"]
+        );
     }
 
     #[test]
@@ -159,9 +165,20 @@ mod tests {
             lines[0].starts_with(r#"t.toml:4:23: route "route0" names upstream "stabel", which does not exist: did you mean "stable"?"#),
             "{lines:#?}"
         );
-        assert!(lines[1].starts_with("t.toml:4:80: split weight 0 must be a whole number from 1 to 1000000"), "{lines:#?}");
-        assert!(lines[2].starts_with(r#"t.toml:4:98: route "route0" lists upstream "canary" twice"#), "{lines:#?}");
-        assert!(lines[3].starts_with("t.toml:4:117: split weight -2"), "{lines:#?}");
+        assert!(
+            lines[1].starts_with(
+                "t.toml:4:80: split weight 0 must be a whole number from 1 to 1000000"
+            ),
+            "{lines:#?}"
+        );
+        assert!(
+            lines[2].starts_with(r#"t.toml:4:98: route "route0" lists upstream "canary" twice"#),
+            "{lines:#?}"
+        );
+        assert!(
+            lines[3].starts_with("t.toml:4:117: split weight -2"),
+            "{lines:#?}"
+        );
 
         let both = parse(
             "t.toml",
@@ -169,11 +186,26 @@ mod tests {
             Path::new("."),
         )
         .unwrap_err();
-        assert!(both.0[0].to_string().starts_with(r#"t.toml:5:9: route "route0" has both upstream and split"#), "{both}");
+        assert!(
+            both.0[0]
+                .to_string()
+                .starts_with(r#"t.toml:5:9: route "route0" has both upstream and split"#),
+            "{both}"
+        );
         let empty = parse("t.toml", &file("split = []"), Path::new(".")).unwrap_err();
-        assert!(empty.0[0].to_string().starts_with(r#"t.toml:4:9: route "route0" has an empty split"#), "{empty}");
+        assert!(
+            empty.0[0]
+                .to_string()
+                .starts_with(r#"t.toml:4:9: route "route0" has an empty split"#),
+            "{empty}"
+        );
         let none = parse("t.toml", &file("name = \"api\""), Path::new(".")).unwrap_err();
-        assert!(none.0[0].to_string().contains(r#"route "api" has no upstream"#), "{none}");
+        assert!(
+            none.0[0]
+                .to_string()
+                .contains(r#"route "api" has no upstream"#),
+            "{none}"
+        );
     }
 
     #[test]
@@ -182,7 +214,9 @@ mod tests {
         let errors = parse("t.toml", text, Path::new(".")).unwrap_err();
         assert_eq!(errors.0.len(), 1, "{errors}");
         assert!(
-            errors.0[0].to_string().starts_with("t.toml:7:29: endpoint weight 0 must be a whole number from 1 to 1000000"),
+            errors.0[0].to_string().starts_with(
+                "t.toml:7:29: endpoint weight 0 must be a whole number from 1 to 1000000"
+            ),
             "{errors}"
         );
     }

@@ -8,8 +8,8 @@ use super::forward::{self, Peer};
 use super::framing::FramingAudit;
 use super::grpc;
 use super::path;
-use super::split::{self, WorkerTarget};
 use super::route::normalize_host;
+use super::split::{self, WorkerTarget};
 use crate::error::ProxyError;
 use crate::metrics::status_class;
 use crate::park::rewind::Rewind;
@@ -152,13 +152,13 @@ pub async fn handle(
             Some(r) => {
                 let upstream = target.map_or(&r.upstream, |t| &t.upstream.0);
                 (
-                r.name.to_string(),
-                upstream.name.to_string(),
-                endpoint
-                    .and_then(|i| upstream.endpoints.get(i))
-                    .map(|e| e.address.clone())
-                    .unwrap_or_default(),
-            )
+                    r.name.to_string(),
+                    upstream.name.to_string(),
+                    endpoint
+                        .and_then(|i| upstream.endpoints.get(i))
+                        .map(|e| e.address.clone())
+                        .unwrap_or_default(),
+                )
             }
             None => Default::default(),
         };

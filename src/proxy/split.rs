@@ -428,9 +428,13 @@ mod tests {
         let s = split(&[("stable", 90), ("canary", 5), ("spare", 5)]);
         let now = Instant::now();
         assert_eq!(counts(&s, now), [900, 50, 50]);
-        s.targets[1].upstream.breaker.published.publish(&BreakerState::Open {
-            until: now + Duration::from_secs(10),
-        });
+        s.targets[1]
+            .upstream
+            .breaker
+            .published
+            .publish(&BreakerState::Open {
+                until: now + Duration::from_secs(10),
+            });
         // Its 5 go to the others in proportion to their weights: 90/95 and 5/95.
         assert_eq!(counts(&s, now), [948, 0, 52]);
         let status = s.status(now);
@@ -489,9 +493,13 @@ mod tests {
         let now = Instant::now();
         s.note_shift();
         assert_eq!(s.logged.load(Ordering::Relaxed), 0);
-        s.targets[1].upstream.breaker.published.publish(&BreakerState::Open {
-            until: now + Duration::from_secs(1),
-        });
+        s.targets[1]
+            .upstream
+            .breaker
+            .published
+            .publish(&BreakerState::Open {
+                until: now + Duration::from_secs(1),
+            });
         s.pick(now);
         assert_eq!(s.logged.load(Ordering::Relaxed), 0b10);
         // Half-open still counts as shifted: the end is logged when the breaker closes.

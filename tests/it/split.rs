@@ -4,12 +4,18 @@
 use crate::support::scrape::get_json;
 use crate::support::*;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Outlier detection off, so that only the breaker acts on the canary.
 const NO_OUTLIER: &str = "[upstream.outlier_detection]\nconsecutive_failures = 0\n";
 
-fn split_config(stable: SocketAddr, canary: SocketAddr, weights: (u32, u32), canary_extra: &str) -> String {
+fn split_config(
+    stable: SocketAddr,
+    canary: SocketAddr,
+    weights: (u32, u32),
+    canary_extra: &str,
+) -> String {
     format!(
         r#"[[listener]]
 name = "main"
@@ -56,7 +62,10 @@ async fn a_95_5_split_sends_about_5_percent_to_the_canary() {
     }
     // Binomial(2000, 0.05): mean 100, standard deviation 9.7. 60..=140 is more than 4 standard
     // deviations either way: a false failure about once in 30 000 runs.
-    assert!((60..=140).contains(&to_canary), "{to_canary} of 2000 went to the canary");
+    assert!(
+        (60..=140).contains(&to_canary),
+        "{to_canary} of 2000 went to the canary"
+    );
     assert_eq!(canary.hits(), to_canary);
     assert_eq!(stable.hits(), 2000 - to_canary);
 
@@ -112,7 +121,10 @@ async fn an_open_canary_gives_its_share_to_stable_until_it_recovers() {
     assert_eq!(canary.hits(), canary_hits, "no traffic to the open canary");
     let status = get_json(&proxy.admin_url("/status")).await;
     let split = &route(&status, "api")["split"];
-    assert_eq!(split["shift"], "canary: breaker open, its 50% goes to stable", "{split}");
+    assert_eq!(
+        split["shift"], "canary: breaker open, its 50% goes to stable",
+        "{split}"
+    );
     assert_eq!(split["targets"][0]["effective_percent"], 100.0, "{split}");
     assert_eq!(split["targets"][1]["effective_percent"], 0.0, "{split}");
     assert_eq!(split["targets"][1]["breaker"], "open", "{split}");
@@ -121,11 +133,15 @@ async fn an_open_canary_gives_its_share_to_stable_until_it_recovers() {
     canary.set(Behaviour::Ok("canary"));
     let c = &client;
     let p = &proxy;
-    eventually("the canary answers again", Duration::from_secs(20), || async move {
-        let r = c.get(&p.url("/")).await;
-        assert_eq!(r.status, 200, "{r:?}");
-        r.text() == "canary"
-    })
+    eventually(
+        "the canary answers again",
+        Duration::from_secs(20),
+        || async move {
+            let r = c.get(&p.url("/")).await;
+            assert_eq!(r.status, 200, "{r:?}");
+            r.text() == "canary"
+        },
+    )
     .await;
     let mut to_canary = 0;
     for _ in 0..200 {
@@ -136,7 +152,10 @@ async fn an_open_canary_gives_its_share_to_stable_until_it_recovers() {
         }
     }
     // Binomial(200, 0.5): mean 100, standard deviation 7.1; 60..=140 is over 5 of them.
-    assert!((60..=140).contains(&to_canary), "{to_canary} of 200 to the canary");
+    assert!(
+        (60..=140).contains(&to_canary),
+        "{to_canary} of 200 to the canary"
+    );
     let status = get_json(&proxy.admin_url("/status")).await;
     let split = &route(&status, "api")["split"];
     assert!(split["shift"].is_null(), "{split}");
@@ -164,7 +183,10 @@ async fn levee_status_says_where_the_share_went() {
     }
     let status = get_json(&proxy.admin_url("/status")).await;
     let table = levee::status_cli::render_table(&status);
-    assert!(table.contains("canary: breaker open, its 5% goes to stable"), "{table}");
+    assert!(
+        table.contains("canary: breaker open, its 5% goes to stable"),
+        "{table}"
+    );
 }
 
 /// Which of two origins answered `n` sequential requests, for an upstream weighted 1:3.
