@@ -236,3 +236,53 @@ async fn endpoint_weights_1_to_3_hold_with_round_robin() {
     let (light, heavy) = weighted_counts("round_robin", 400).await;
     assert_eq!((light, heavy), (100, 300));
 }
+
+#[tokio::test]
+async fn a_reload_keeps_the_shift_while_the_canary_stays_broken() {
+    let stable = Origin::new().body("stable").start().await;
+    let canary = Origin::new().status(500).start().await;
+    let canary_extra = format!(
+        "{NO_OUTLIER}[upstream.circuit_breaker]\nconsecutive_failures = 1\nopen_duration = \"60s\"\n"
+    );
+    let cfg = split_config(stable.addr, canary.addr, (50, 50), &canary_extra);
+    let proxy = TestProxy::start(&cfg).await;
+    let client = Client::new();
+    let mut sent = 0;
+    while canary.hits() == 0 {
+        client.get(&proxy.url("/")).await;
+        sent += 1;
+        assert!(sent < 500, "the canary never got a request");
+    }
+    // The route changes (a new timeout), the upstreams do not: their breakers are kept, and so
+    // is the shift.
+    let reloaded = cfg.replace(
+        "path_prefix = \"/\"\n",
+        "path_prefix = \"/\"\ntimeout = \"20s\"\n",
+    );
+    assert_ne!(reloaded, cfg);
+    proxy.reload(&reloaded).await.unwrap();
+    for _ in 0..50 {
+        let r = client.get(&proxy.url("/")).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.text(), "stable");
+    }
+    assert_eq!(
+        canary.hits(),
+        1,
+        "the open canary got traffic after the reload"
+    );
+    let status = get_json(&proxy.admin_url("/status")).await;
+    let split = &route(&status, "api")["split"];
+    assert_eq!(
+        split["shift"], "canary: breaker open, its 50% goes to stable",
+        "{split}"
+    );
+
+    // Weights changed by a reload apply at once.
+    let reweighted = reloaded.replace("weight = 50 }, {", "weight = 60 }, {");
+    proxy.reload(&reweighted).await.unwrap();
+    let status = get_json(&proxy.admin_url("/status")).await;
+    let split = &route(&status, "api")["split"];
+    assert_eq!(split["targets"][0]["configured_percent"], 54.5, "{split}");
+    assert_eq!(split["targets"][0]["effective_percent"], 100.0, "{split}");
+}
