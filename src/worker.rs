@@ -117,7 +117,16 @@ impl WorkerSnapshot {
                     .cloned()
                     .unwrap_or_else(|| Arc::new(WorkerUpstream(r.upstream.clone())));
                 let metrics = Arc::new(RouteMetrics::clone(&r.metrics));
-                let split = crate::proxy::split::worker_targets(r, &upstreams);
+                let split = match &r.split {
+                    Some(split) => crate::proxy::split::worker_targets(
+                        split,
+                        &upstreams,
+                        r.config.timeout,
+                        r.limiter.as_ref(),
+                        r.retry.as_ref(),
+                    ),
+                    None => Box::new([]),
+                };
                 WorkerRoute {
                     split,
                     stack: stack::build(

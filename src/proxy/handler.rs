@@ -102,7 +102,7 @@ pub async fn handle(
             host,
             grpc_deadline,
         } => {
-            target = split::pick(route, local, call.started);
+            target = split::pick(route.split.as_deref(), &local.split, call.started);
             let (stack, upstream) = match target {
                 Some(t) => (&t.stack, &t.upstream),
                 None => (&local.stack, &local.upstream),

@@ -13,9 +13,10 @@
 //! again, by whichever worker notices first (a compare-and-swap on the route's shared mask).
 
 use crate::config::SplitTarget;
+use crate::layers::rate_limit::RouteLimiter;
+use crate::layers::retry::RetryPolicy;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::proxy::stack::{self, RouteStack};
-use crate::snapshot::Route;
 use crate::upstream::{Upstream, WorkerUpstream};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -271,12 +272,15 @@ pub struct WorkerTarget {
     pub metrics: Arc<RouteMetrics>,
 }
 
-/// A worker's stacks for `route`'s split targets (none for a route with one upstream), over
-/// the worker's handles on the upstreams.
-pub fn worker_targets(route: &Route, upstreams: &[Arc<WorkerUpstream>]) -> Box<[WorkerTarget]> {
-    let Some(split) = &route.split else {
-        return Box::new([]);
-    };
+/// A worker's stacks for a split's targets, over the worker's handles on the upstreams, with
+/// the route's timeout, limiter and retry policy (shared by every target).
+pub fn worker_targets(
+    split: &Split,
+    upstreams: &[Arc<WorkerUpstream>],
+    timeout: std::time::Duration,
+    limiter: Option<&Arc<RouteLimiter>>,
+    retry: Option<&Arc<RetryPolicy>>,
+) -> Box<[WorkerTarget]> {
     split
         .targets
         .iter()
@@ -288,13 +292,7 @@ pub fn worker_targets(route: &Route, upstreams: &[Arc<WorkerUpstream>]) -> Box<[
                 .unwrap_or_else(|| Arc::new(WorkerUpstream(t.upstream.clone())));
             let metrics = Arc::new(RouteMetrics::clone(&t.metrics));
             WorkerTarget {
-                stack: stack::build(
-                    &upstream,
-                    route.config.timeout,
-                    route.limiter.as_ref(),
-                    route.retry.as_ref(),
-                    &metrics,
-                ),
+                stack: stack::build(&upstream, timeout, limiter, retry, &metrics),
                 upstream,
                 metrics,
             }
@@ -302,16 +300,15 @@ pub fn worker_targets(route: &Route, upstreams: &[Arc<WorkerUpstream>]) -> Box<[
         .collect()
 }
 
-/// The target of a split route for a request arriving at `now`; `None` for a route with one
-/// upstream.
+/// The target of a split route for a request arriving at `now`, among this worker's `targets`
+/// for it; `None` for a route with one upstream.
 #[inline]
 pub fn pick<'a>(
-    route: &Route,
-    local: &'a crate::worker::WorkerRoute,
+    split: Option<&Split>,
+    targets: &'a [WorkerTarget],
     now: Instant,
 ) -> Option<&'a WorkerTarget> {
-    let split = route.split.as_ref()?;
-    local.split.get(split.pick(now))
+    targets.get(split?.pick(now))
 }
 
 /// `part` of `total` in percent, rounded to 0.1.
