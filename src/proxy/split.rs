@@ -273,11 +273,10 @@ pub struct WorkerTarget {
 }
 
 /// A worker's stacks for a split's targets, over the worker's handles on the upstreams, with
-/// the route's timeout, limiter and retry policy (shared by every target).
+/// the route's limiter and retry policy (shared by every target).
 pub fn worker_targets(
     split: &Split,
     upstreams: &[Arc<WorkerUpstream>],
-    timeout: std::time::Duration,
     limiter: Option<&Arc<RouteLimiter>>,
     retry: Option<&Arc<RetryPolicy>>,
 ) -> Box<[WorkerTarget]> {
@@ -292,7 +291,7 @@ pub fn worker_targets(
                 .unwrap_or_else(|| Arc::new(WorkerUpstream(t.upstream.clone())));
             let metrics = Arc::new(RouteMetrics::clone(&t.metrics));
             WorkerTarget {
-                stack: stack::build(&upstream, timeout, limiter, retry, &metrics),
+                stack: stack::build(&upstream, limiter, retry, &metrics),
                 upstream,
                 metrics,
             }
