@@ -143,6 +143,49 @@ endpoints = ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003", "127.0.0.1:90
     });
 }
 
+/// A 95/5 split's pick, with both breakers closed and with the canary's open.
+fn split(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _g = rt.enter();
+    let text = r#"
+[[listener]]
+bind = "127.0.0.1:0"
+[[route]]
+split = [{ upstream = "stable", weight = 95 }, { upstream = "canary", weight = 5 }]
+[[upstream]]
+name = "stable"
+endpoints = ["127.0.0.1:9001"]
+[[upstream]]
+name = "canary"
+endpoints = ["127.0.0.1:9002"]
+"#;
+    let config = levee::config::parse("bench.toml", text, std::path::Path::new(".")).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let ups: Vec<Arc<Upstream>> = config
+        .upstreams
+        .iter()
+        .map(|u| Arc::new(Upstream::new(u, &metrics).unwrap()))
+        .collect();
+    let split =
+        levee::proxy::split::Split::new("api", &config.routes[0].split, &ups, None, &metrics)
+            .unwrap();
+    c.bench_function("split_pick_95_5", |b| {
+        b.iter(|| split.pick(black_box(Instant::now())))
+    });
+    ups[1]
+        .breaker
+        .published
+        .publish(&levee::layers::breaker::state::BreakerState::Open {
+            until: Instant::now() + Duration::from_secs(3600),
+        });
+    c.bench_function("split_pick_95_5_canary_open", |b| {
+        b.iter(|| split.pick(black_box(Instant::now())))
+    });
+}
+
 fn headers(c: &mut Criterion) {
     let mut base = HeaderMap::new();
     for (k, v) in [
@@ -187,5 +230,7 @@ fn metrics(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, router, breaker, limiter, budget, outlier, balance, headers, metrics);
+criterion_group!(
+    benches, router, breaker, limiter, budget, outlier, balance, split, headers, metrics
+);
 criterion_main!(benches);

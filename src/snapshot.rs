@@ -23,6 +23,8 @@ pub struct Route {
     pub name: Arc<str>,
     pub config: crate::config::RouteConfig,
     pub upstream: Arc<Upstream>,
+    /// Set for a route with a weighted `split`; `upstream` is then its first target.
+    pub split: Option<Arc<crate::proxy::split::Split>>,
     pub limiter: Option<Arc<RouteLimiter>>,
     pub retry: Option<Arc<RetryPolicy>>,
     /// Shared with the route's layers: cloning it is one reference count, not nine.
@@ -140,10 +142,19 @@ impl Snapshot {
             });
             // The route's stack is built per worker (`crate::worker::WorkerSnapshot`).
             let route_metrics = Arc::new(RouteMetrics::new(metrics, &r.name, &r.upstream));
+            let split = if r.split.is_empty() {
+                None
+            } else {
+                let previous = old.and_then(|o| o.split.as_deref());
+                Some(Arc::new(crate::proxy::split::Split::new(
+                    &r.name, &r.split, &upstreams, previous, metrics,
+                )?))
+            };
             routes.push(Route {
                 name: r.name.as_str().into(),
                 config: r.clone(),
                 upstream,
+                split,
                 limiter,
                 retry,
                 metrics: route_metrics,

@@ -36,6 +36,7 @@ pub fn render(shared: &Shared) -> Value {
                     let ejected_for = o.ejected_until.map(|t| t.saturating_duration_since(now));
                     json!({
                         "address": e.address,
+                        "weight": u.config.endpoint_weights.get(i).copied().unwrap_or(1),
                         "healthy": e.healthy.load(Ordering::Relaxed),
                         "ejected": ejected_for.is_some(),
                         "ejected_for_ms": ejected_for.map(ms),
@@ -88,6 +89,7 @@ pub fn render(shared: &Shared) -> Value {
                 "host": r.config.host,
                 "path_prefix": r.config.path_prefix,
                 "upstream": r.config.upstream,
+                "split": r.split.as_ref().map(|s| s.status(now)),
                 "timeout_ms": ms(r.config.timeout),
                 "rate_limit": r.limiter.as_ref().map(|l| json!({
                     "rps": l.config.rps,

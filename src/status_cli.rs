@@ -138,6 +138,39 @@ pub fn render_table(v: &Value) -> String {
     for r in &rows {
         out.push_str(&line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]));
     }
+    out.push_str(&render_splits(v));
+    out
+}
+
+/// One line per split route: each target's configured and effective share, then the shift in
+/// words ("canary: breaker open, its 5% goes to stable").
+fn render_splits(v: &Value) -> String {
+    let mut out = String::new();
+    for r in v["routes"].as_array().into_iter().flatten() {
+        let Some(targets) = r["split"]["targets"].as_array() else {
+            continue;
+        };
+        let shares: Vec<String> = targets
+            .iter()
+            .map(|t| {
+                format!(
+                    "{} {}% (now {}%, breaker {})",
+                    s(&t["upstream"]),
+                    s(&t["configured_percent"]),
+                    s(&t["effective_percent"]),
+                    s(&t["breaker"])
+                )
+            })
+            .collect();
+        out.push_str(&format!(
+            "route {} splits: {}\n",
+            s(&r["name"]),
+            shares.join(", ")
+        ));
+        if let Some(shift) = r["split"]["shift"].as_str() {
+            out.push_str(&format!("  {shift}\n"));
+        }
+    }
     out
 }
 
@@ -161,5 +194,25 @@ mod tests {
         assert!(lines[2].starts_with("melting"), "{t}");
         assert!(lines[2].contains("failure rate 90%"));
         assert_eq!(lines[1].find("ENDPOINT "), lines[2].find("127.0.0.1:2"));
+    }
+
+    #[test]
+    fn a_shifted_split_is_said_in_words() {
+        let v = serde_json::json!({
+            "version": 1, "hash": "ab", "upstreams": [],
+            "routes": [{"name": "api", "split": {"targets": [
+                {"upstream": "stable", "configured_percent": 95.0, "effective_percent": 100.0, "breaker": "closed"},
+                {"upstream": "canary", "configured_percent": 5.0, "effective_percent": 0.0, "breaker": "open"}],
+                "shift": "canary: breaker open, its 5% goes to stable"}}]
+        });
+        let t = render_table(&v);
+        assert!(
+            t.contains("route api splits: stable 95.0% (now 100.0%, breaker closed), canary 5.0% (now 0.0%, breaker open)"),
+            "{t}"
+        );
+        assert!(
+            t.contains("  canary: breaker open, its 5% goes to stable\n"),
+            "{t}"
+        );
     }
 }

@@ -70,6 +70,8 @@ pub struct WorkerSnapshot {
 pub struct WorkerRoute {
     pub stack: RouteStack,
     pub upstream: Arc<WorkerUpstream>,
+    /// A split route's targets, in the order of its `split` (empty for one upstream).
+    pub split: Box<[crate::proxy::split::WorkerTarget]>,
 }
 
 impl WorkerSnapshot {
@@ -89,7 +91,17 @@ impl WorkerSnapshot {
                     .cloned()
                     .unwrap_or_else(|| Arc::new(WorkerUpstream(r.upstream.clone())));
                 let metrics = Arc::new(RouteMetrics::clone(&r.metrics));
+                let split = match &r.split {
+                    Some(split) => crate::proxy::split::worker_targets(
+                        split,
+                        &upstreams,
+                        r.limiter.as_ref(),
+                        r.retry.as_ref(),
+                    ),
+                    None => Box::new([]),
+                };
                 WorkerRoute {
+                    split,
                     stack: stack::build(&upstream, r.limiter.as_ref(), r.retry.as_ref(), &metrics),
                     upstream,
                 }

@@ -6,6 +6,7 @@ pub mod diagnostics;
 pub mod model;
 pub mod raw;
 mod recovery;
+pub mod split;
 pub mod units;
 pub mod validate;
 

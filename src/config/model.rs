@@ -123,13 +123,24 @@ pub struct RouteConfig {
     pub name: String,
     pub host: Option<String>,
     pub path_prefix: String,
+    /// The upstream; for a split route, its first target (so labels and lookups keyed on one
+    /// upstream keep working).
     pub upstream: String,
+    /// A weighted split (`crate::proxy::split`); empty for a route with one upstream.
+    pub split: Vec<SplitTarget>,
     pub timeout: Duration,
     pub max_body: Option<u64>,
     pub retry: Option<RetryConfig>,
     pub rate_limit: Option<RateLimitConfig>,
     /// A WebSocket tunnel with no bytes either way for this long is closed.
     pub tunnel_idle_timeout: Duration,
+}
+
+/// One target of a split route: an upstream and its share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitTarget {
+    pub upstream: String,
+    pub weight: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,6 +160,8 @@ pub struct UpstreamConfig {
     pub name: String,
     /// `host:port` strings, as written; the connector resolves names.
     pub endpoints: Vec<String>,
+    /// `endpoints[i]`'s weight (1 unless written); the balancer respects it.
+    pub endpoint_weights: Vec<u32>,
     pub balance: Balance,
     pub connect_timeout: Duration,
     pub protocol: UpstreamProtocol,

@@ -66,7 +66,9 @@ pub struct RawRoute {
     pub name: Option<Spanned<String>>,
     pub host: Option<Spanned<String>>,
     pub path_prefix: Option<Spanned<String>>,
-    pub upstream: Spanned<String>,
+    pub upstream: Option<Spanned<String>>,
+    /// A weighted split across upstreams instead of one `upstream` (`super::split`).
+    pub split: Option<Spanned<Vec<Spanned<RawSplitTarget>>>>,
     pub timeout: Option<Dur>,
     pub max_body: Option<Size>,
     pub retry: Option<Spanned<RawRetry>>,
@@ -124,7 +126,7 @@ pub struct RawRedis {
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     pub name: Spanned<String>,
-    pub endpoints: Spanned<Vec<Spanned<String>>>,
+    pub endpoints: Spanned<Vec<Spanned<RawEndpoint>>>,
     pub balance: Option<Spanned<String>>,
     pub connect_timeout: Option<Dur>,
     pub protocol: Option<Spanned<String>>,
@@ -185,4 +187,28 @@ pub struct RawHealthCheck {
     pub timeout: Option<Dur>,
     pub healthy_threshold: Option<u32>,
     pub unhealthy_threshold: Option<u32>,
+}
+
+/// One target of a route's `split`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSplitTarget {
+    pub upstream: Spanned<String>,
+    pub weight: Spanned<i64>,
+}
+
+/// An endpoint: `"host:port"`, or `{ address = "host:port", weight = 3 }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawEndpoint {
+    Address(String),
+    Weighted(RawWeightedEndpoint),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWeightedEndpoint {
+    pub address: String,
+    /// Not `Spanned`: an untagged enum is buffered, which loses spans; errors point at the entry.
+    pub weight: i64,
 }

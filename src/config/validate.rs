@@ -284,27 +284,33 @@ fn route(
         .as_ref()
         .map(|n| n.get_ref().clone())
         .unwrap_or_else(|| format!("route{i}"));
-    let target = raw.upstream.get_ref();
-    if !upstreams.iter().any(|u| &u.name == target) {
-        let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
-        let hint = names
-            .iter()
-            .map(|n| (strsim::jaro_winkler(target, n), *n))
-            .filter(|(s, _)| *s > 0.7)
-            .max_by(|a, b| a.0.total_cmp(&b.0))
-            .map(|(_, n)| format!(": did you mean \"{n}\"?"))
-            .unwrap_or_else(|| {
-                if names.is_empty() {
-                    ": no [[upstream]] is defined".to_string()
-                } else {
-                    format!(": defined upstreams are {}", names.join(", "))
-                }
-            });
-        d.at(
-            raw.upstream.span(),
-            format!("route \"{name}\" names upstream \"{target}\", which does not exist{hint}"),
-        );
-    }
+    // Exactly one of `upstream` and `split` (`super::split`).
+    let split = match (&raw.upstream, &raw.split) {
+        (Some(u), None) => {
+            super::split::check_upstream_name(&name, u, upstreams, d);
+            Vec::new()
+        }
+        (None, Some(s)) => super::split::split(&name, s, upstreams, d),
+        (Some(_), Some(s)) => {
+            d.at(
+                s.span(),
+                format!("route \"{name}\" has both upstream and split: keep one"),
+            );
+            Vec::new()
+        }
+        (None, None) => {
+            d.at(
+                raw.name.as_ref().map(|n| n.span()).unwrap_or(0..0),
+                format!(r#"route "{name}" has no upstream: add upstream = "app" or a split"#),
+            );
+            return None;
+        }
+    };
+    let target = match (&raw.upstream, split.first()) {
+        (Some(u), _) => u.get_ref().clone(),
+        (None, Some(t)) => t.upstream.clone(),
+        (None, None) => String::new(),
+    };
     let host = raw.host.as_ref().and_then(|h| {
         let v = h.get_ref().trim().to_ascii_lowercase();
         let bare = v.strip_prefix("*.").unwrap_or(&v);
@@ -351,7 +357,8 @@ fn route(
         name,
         host,
         path_prefix,
-        upstream: target.clone(),
+        upstream: target,
+        split,
         timeout: raw.timeout.map(|t| t.0).unwrap_or(Duration::from_secs(30)),
         max_body: raw.max_body.map(|s| s.0),
         retry,
@@ -558,11 +565,14 @@ fn upstream(raw: RawUpstream, base_dir: &Path, d: &mut Diagnostics) -> Option<Up
         );
     }
     let mut endpoints = Vec::new();
+    let mut endpoint_weights = Vec::new();
     for e in raw.endpoints.get_ref() {
-        let v = e.get_ref();
+        let (v, weight) = super::split::endpoint(e, d);
+        let v = &v;
         match v.rsplit_once(':') {
             Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) && !v.contains('/') => {
-                endpoints.push(v.clone())
+                endpoints.push(v.clone());
+                endpoint_weights.push(weight);
             }
             _ => d.at(e.span(), format!(r#"invalid endpoint "{v}": write HOST:PORT, like "127.0.0.1:9001" or "app.internal:8080""#)),
         }
@@ -653,6 +663,7 @@ fn upstream(raw: RawUpstream, base_dir: &Path, d: &mut Diagnostics) -> Option<Up
     Some(UpstreamConfig {
         name,
         endpoints,
+        endpoint_weights,
         balance,
         connect_timeout: raw
             .connect_timeout
@@ -1011,7 +1022,9 @@ pub fn check_uniqueness(raw: &RawConfig, d: &mut Diagnostics) {
                 .path_prefix
                 .as_ref()
                 .map(|p| p.span())
-                .unwrap_or(r.upstream.span());
+                .or(r.upstream.as_ref().map(|u| u.span()))
+                .or(r.split.as_ref().map(|s| s.span()))
+                .unwrap_or(0..0);
             d.at(span, format!("another route already matches host \"{host}\" and path_prefix \"{prefix}\": this one would never be used"));
         }
     }

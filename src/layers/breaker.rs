@@ -3,6 +3,7 @@
 //! half-open) is pure and lives in [`state`]; this file is the plumbing around it: a lock, the
 //! clock, logging and metrics of transitions, and the tower service that asks before every call.
 
+pub mod published;
 pub mod ramp;
 mod recovery;
 pub mod state;
@@ -26,6 +27,8 @@ pub struct CircuitBreaker {
     upstream: Arc<str>,
     inner: Mutex<Breaker>,
     metrics: Arc<Metrics>,
+    /// The state for lock-free readers (a split's pick), updated on every transition.
+    pub published: published::PublishedState,
 }
 
 impl CircuitBreaker {
@@ -40,6 +43,7 @@ impl CircuitBreaker {
             upstream,
             inner: Mutex::new(Breaker::new(settings)),
             metrics,
+            published: published::PublishedState::new(),
         }
     }
 
@@ -88,6 +92,11 @@ impl CircuitBreaker {
     }
 
     fn report(&self, t: &Transition) {
+        // Under the lock, so that racing transitions publish in the order they happened.
+        {
+            let inner = self.inner.lock();
+            self.published.publish(inner.state());
+        }
         tracing::info!(
             upstream = %self.upstream,
             from = t.from.as_str(),

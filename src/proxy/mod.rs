@@ -5,5 +5,6 @@ pub mod forward;
 pub mod framing;
 pub mod path;
 pub mod route;
+pub mod split;
 pub mod stack;
 pub mod tunnel;

@@ -12,8 +12,10 @@ use crate::proxy::forward::{self, Peer};
 use crate::proxy::framing::FramingAudit;
 use crate::proxy::path;
 use crate::proxy::route::normalize_host;
+use crate::proxy::split::{self, WorkerTarget};
 use crate::rewind::Rewind;
 use crate::snapshot::{ListenerRuntime, Route};
+use crate::upstream::WorkerUpstream;
 use crate::worker::{Worker, WorkerRoute, WorkerSnapshot};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -88,6 +90,8 @@ pub async fn handle(
         log,
         grpc,
     );
+    // A split route's target for this request (`super::split`).
+    let mut target: Option<&WorkerTarget> = None;
     let (resp, route, endpoint, host) = match routed {
         Routed::Done(outcome) => outcome,
         Routed::Call {
@@ -97,13 +101,20 @@ pub async fn handle(
             upgrade,
             host,
             grpc_deadline,
-        } => match local.stack.clone().oneshot(call).await {
-            Ok(answer) => match respond(route, local, answer, upgrade, grpc_deadline) {
-                Ok((resp, endpoint)) => (Ok(resp), Some(route), Some(endpoint), host),
+        } => {
+            target = split::pick(route.split.as_deref(), &local.split, call.started);
+            let (stack, upstream) = match target {
+                Some(t) => (&t.stack, &t.upstream),
+                None => (&local.stack, &local.upstream),
+            };
+            match stack.clone().oneshot(call).await {
+                Ok(answer) => match respond(route, upstream, answer, upgrade, grpc_deadline) {
+                    Ok((resp, endpoint)) => (Ok(resp), Some(route), Some(endpoint), host),
+                    Err(e) => (Err(e), Some(route), None, host),
+                },
                 Err(e) => (Err(e), Some(route), None, host),
-            },
-            Err(e) => (Err(e), Some(route), None, host),
-        },
+            }
+        }
     };
     drop(in_flight);
 
@@ -128,7 +139,8 @@ pub async fn handle(
     }
     let status = resp.status().as_u16();
     if let Some(route) = route {
-        route.metrics.requests[status_class(status)].inc();
+        let metrics = target.map_or(&route.metrics, |t| &t.metrics);
+        metrics.requests[status_class(status)].inc();
         route.history.record(error_kind == "rate_limited");
         route
             .metrics
@@ -137,14 +149,17 @@ pub async fn handle(
     }
     if log {
         let (route_name, upstream, endpoint) = match route {
-            Some(r) => (
-                r.name.to_string(),
-                r.upstream.name.to_string(),
-                endpoint
-                    .and_then(|i| r.upstream.endpoints.get(i))
-                    .map(|e| e.address.clone())
-                    .unwrap_or_default(),
-            ),
+            Some(r) => {
+                let upstream = target.map_or(&r.upstream, |t| &t.upstream.0);
+                (
+                    r.name.to_string(),
+                    upstream.name.to_string(),
+                    endpoint
+                        .and_then(|i| upstream.endpoints.get(i))
+                        .map(|e| e.address.clone())
+                        .unwrap_or_default(),
+                )
+            }
             None => Default::default(),
         };
         resp.body_mut().set_on_complete(Box::new(AccessLog {
@@ -431,7 +446,7 @@ fn prepare(
 /// The client's response from the upstream's answer; a 101 starts the tunnel.
 fn respond(
     route: &Route,
-    local: &WorkerRoute,
+    upstream: &Arc<WorkerUpstream>,
     answer: crate::call::Answer,
     client_upgrade: Option<ClientUpgrade>,
     grpc_deadline: Option<Instant>,
@@ -493,7 +508,7 @@ fn respond(
     let body = ResponseBody::upstream(body, route.config.timeout);
     // A deferred gRPC verdict judges a broken body itself; other bodies charge late failures.
     let body = match deferred {
-        None => body.charge_failures_to(local.upstream.clone(), endpoint),
+        None => body.charge_failures_to(upstream.clone(), endpoint),
         Some(_) => body,
     };
     Ok((

@@ -8,6 +8,7 @@ pub mod h1;
 pub mod health;
 pub mod probe;
 pub mod slow_start;
+pub mod weights;
 
 use crate::config::UpstreamConfig;
 use crate::history::History;
@@ -60,6 +61,8 @@ pub struct Upstream {
     /// the upstream of the same name when a reload changes its definition.
     pub history: Arc<History>,
     pub(crate) next: AtomicUsize,
+    /// Set when endpoints carry different weights (`weights`).
+    pub weights: Option<weights::WeightTable>,
     health_started: AtomicBool,
     probe_started: AtomicBool,
     /// When each endpoint last came back (added, healthy again), for its slow start.
@@ -124,6 +127,7 @@ impl Upstream {
             config: config.clone(),
             endpoints: endpoints.into_boxed_slice(),
             next: AtomicUsize::new(0),
+            weights: weights::WeightTable::new(&config.endpoint_weights),
             health_started: AtomicBool::new(false),
             probe_started: AtomicBool::new(false),
             slow_start: slow_start::SlowStart::new(endpoints_len),

@@ -20,6 +20,7 @@ mod packaging;
 mod peer_limits;
 mod recovery;
 mod resilience;
+mod split;
 mod tls;
 mod upstream_h1;
 mod websocket;

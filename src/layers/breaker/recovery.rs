@@ -14,13 +14,23 @@ impl CircuitBreaker {
 
     /// See [`super::state::Breaker::begin_probe`]: `Some` for the one caller that should probe.
     pub fn begin_probe(&self, now: Instant) -> Option<ProbeTicket> {
-        self.inner.lock().begin_probe(now)
+        let mut inner = self.inner.lock();
+        let ticket = inner.begin_probe(now);
+        // Probing is open for callers: a split must keep sending this target's share elsewhere.
+        self.published.publish(inner.state());
+        ticket
     }
 
     /// Digests a probe's outcome; logs a failed one (no state change, so not a transition) and
     /// reports a passed one as the open → half-open transition.
     pub fn finish_probe(&self, ticket: ProbeTicket, outcome: &ProbeOutcome, now: Instant) {
-        let end = self.inner.lock().finish_probe(ticket, outcome, now);
+        let end = {
+            let mut inner = self.inner.lock();
+            let end = inner.finish_probe(ticket, outcome, now);
+            // A failed probe re-opens without a transition to report: publish the new open time.
+            self.published.publish(inner.state());
+            end
+        };
         match end {
             ProbeEnd::HalfOpen(t) => self.report(&t),
             ProbeEnd::Reopened(reason) => tracing::warn!(
