@@ -15,6 +15,8 @@ pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod metrics_sharded;
+pub mod override_cli;
+pub mod overrides;
 pub mod park;
 pub mod proxy;
 pub mod redis;

@@ -11,7 +11,7 @@ impl Upstream {
     fn available(&self, i: usize, now: Instant) -> bool {
         self.endpoints
             .get(i)
-            .is_some_and(|e| e.healthy.load(Ordering::Relaxed))
+            .is_some_and(|e| e.healthy.load(Ordering::Relaxed) && !e.hold.is_held())
             && !self.outlier.is_ejected(i, now)
     }
 
