@@ -108,7 +108,10 @@ fn is_cross_site(req: &Request<Incoming>) -> bool {
 
 /// Why an action (reload, setting or ending an override) is refused for this request, if it is:
 /// on a non-loopback admin listener without `[admin] allow_actions`, or from another site.
-fn action_refused(req: &Request<Incoming>, admin: &crate::config::AdminConfig) -> Option<&'static str> {
+fn action_refused(
+    req: &Request<Incoming>,
+    admin: &crate::config::AdminConfig,
+) -> Option<&'static str> {
     if !(admin.bind.ip().is_loopback() || admin.allow_actions) {
         Some("actions over a non-loopback admin listener need [admin] allow_actions = true")
     } else if is_cross_site(req) {

@@ -47,7 +47,9 @@ pub fn run(admin: &str, command: OverrideCommand) -> ExitCode {
             json!({ "target": target, "action": action, "ttl": ttl, "reason": reason }).to_string(),
         ),
         OverrideCommand::List => (Method::GET, "/overrides".to_string(), String::new()),
-        OverrideCommand::Clear { id } => (Method::DELETE, format!("/overrides/{id}"), String::new()),
+        OverrideCommand::Clear { id } => {
+            (Method::DELETE, format!("/overrides/{id}"), String::new())
+        }
     };
     let (status, v) = match rt.block_on(call(admin, method, &path, body)) {
         Ok(r) => r,
@@ -58,7 +60,10 @@ pub fn run(admin: &str, command: OverrideCommand) -> ExitCode {
         }
     };
     if !status.is_success() {
-        let message = v["error"].as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+        let message = v["error"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string());
         eprintln!("levee override: {status}: {message}");
         return ExitCode::FAILURE;
     }
@@ -188,7 +193,10 @@ mod tests {
         let t = render_list(&v);
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("ID  TARGET"), "{t}");
-        assert!(lines[1].starts_with("7   endpoint:api/127.0.0.1:9001  drain"), "{t}");
+        assert!(
+            lines[1].starts_with("7   endpoint:api/127.0.0.1:9001  drain"),
+            "{t}"
+        );
         assert!(lines[1].contains("10m left"), "{t}");
         assert!(lines[1].ends_with("deploy (set by 127.0.0.1:5000)"), "{t}");
         assert_eq!(render_list(&json!([])), "no active overrides\n");

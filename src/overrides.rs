@@ -155,12 +155,13 @@ impl Spec {
         reason: Option<&str>,
         exists: impl Fn(&Target) -> bool,
     ) -> Result<Spec, String> {
-        let target = Target::parse(target.ok_or(
-            r#"missing "target": "upstream:NAME" or "endpoint:UPSTREAM/HOST:PORT""#,
-        )?)?;
-        let action = Action::parse(action.ok_or(
-            r#"missing "action": force_open, force_closed, drain or eject"#,
-        )?)?;
+        let target = Target::parse(
+            target
+                .ok_or(r#"missing "target": "upstream:NAME" or "endpoint:UPSTREAM/HOST:PORT""#)?,
+        )?;
+        let action = Action::parse(
+            action.ok_or(r#"missing "action": force_open, force_closed, drain or eject"#)?,
+        )?;
         if !action.fits(&target) {
             return Err(match target {
                 Target::Upstream(_) => format!(
@@ -179,9 +180,9 @@ impl Spec {
                 ),
             });
         }
-        let ttl = ttl.ok_or(r#"missing "ttl": how long the override holds, like "10m" (at most 24h)"#)?;
-        let ttl = crate::config::units::parse_duration(ttl)
-            .map_err(|e| format!("ttl: {e}"))?;
+        let ttl =
+            ttl.ok_or(r#"missing "ttl": how long the override holds, like "10m" (at most 24h)"#)?;
+        let ttl = crate::config::units::parse_duration(ttl).map_err(|e| format!("ttl: {e}"))?;
         if ttl.is_zero() || ttl > MAX_TTL {
             return Err(format!(
                 "ttl must be more than 0 and at most 24h (overrides always end by themselves), not {}",
@@ -342,19 +343,41 @@ mod tests {
     use super::*;
 
     fn spec(target: &str, action: &str, ttl: &str) -> Spec {
-        Spec::parse(Some(target), Some(action), Some(ttl), Some("testing"), |_| true).unwrap()
+        Spec::parse(
+            Some(target),
+            Some(action),
+            Some(ttl),
+            Some("testing"),
+            |_| true,
+        )
+        .unwrap()
     }
 
-    fn err(target: Option<&str>, action: Option<&str>, ttl: Option<&str>, reason: Option<&str>) -> String {
+    fn err(
+        target: Option<&str>,
+        action: Option<&str>,
+        ttl: Option<&str>,
+        reason: Option<&str>,
+    ) -> String {
         Spec::parse(target, action, ttl, reason, |t| t.upstream() == "api").unwrap_err()
     }
 
     #[test]
     fn targets_round_trip() {
-        for s in ["upstream:api", "endpoint:api/127.0.0.1:80", "endpoint:api/[::1]:80"] {
+        for s in [
+            "upstream:api",
+            "endpoint:api/127.0.0.1:80",
+            "endpoint:api/[::1]:80",
+        ] {
             assert_eq!(Target::parse(s).unwrap().to_string(), s);
         }
-        for bad in ["api", "upstream:", "endpoint:api", "endpoint:/1.2.3.4:5", "endpoint:api/"] {
+        for bad in [
+            "api",
+            "upstream:",
+            "endpoint:api",
+            "endpoint:/1.2.3.4:5",
+            "endpoint:api/",
+        ] {
             assert!(Target::parse(bad).is_err(), "{bad}");
         }
     }
@@ -367,9 +390,16 @@ mod tests {
         assert!(err(ok, Some("pause"), Some("1m"), Some("x")).contains("unknown action"));
         assert!(err(ok, Some("drain"), Some("1m"), Some("x")).contains("applies to an endpoint"));
         let ep = Some("endpoint:api/1.2.3.4:80");
-        assert!(err(ep, Some("force_open"), Some("1m"), Some("x")).contains("applies to an upstream"));
-        assert!(err(Some("upstream:web"), Some("force_open"), Some("1m"), Some("x"))
-            .contains("no upstream \"web\""));
+        assert!(
+            err(ep, Some("force_open"), Some("1m"), Some("x")).contains("applies to an upstream")
+        );
+        assert!(err(
+            Some("upstream:web"),
+            Some("force_open"),
+            Some("1m"),
+            Some("x")
+        )
+        .contains("no upstream \"web\""));
         assert!(err(ok, Some("force_open"), None, Some("x")).contains("missing \"ttl\""));
         assert!(err(ok, Some("force_open"), Some("ten"), Some("x")).contains("ttl:"));
         assert!(err(ok, Some("force_open"), Some("10"), Some("x")).contains("no unit"));
@@ -388,9 +418,21 @@ mod tests {
         let mut store = OverrideStore::default();
         let t0 = Instant::now();
         let wall = SystemTime::now();
-        let (a, _) = store.set(spec("upstream:api", "force_open", "10s"), "me".into(), t0, wall).unwrap();
+        let (a, _) = store
+            .set(
+                spec("upstream:api", "force_open", "10s"),
+                "me".into(),
+                t0,
+                wall,
+            )
+            .unwrap();
         let (b, _) = store
-            .set(spec("endpoint:api/1.2.3.4:80", "drain", "30s"), "me".into(), t0, wall)
+            .set(
+                spec("endpoint:api/1.2.3.4:80", "drain", "30s"),
+                "me".into(),
+                t0,
+                wall,
+            )
             .unwrap();
         assert_eq!((a.id, b.id), (1, 2));
         assert_eq!(store.next_expiry(), Some(t0 + Duration::from_secs(10)));
@@ -399,15 +441,29 @@ mod tests {
         tokio::time::advance(Duration::from_secs(5)).await;
         let now = Instant::now();
         let (c, replaced) = store
-            .set(spec("upstream:api", "force_closed", "10s"), "you".into(), now, wall)
+            .set(
+                spec("upstream:api", "force_closed", "10s"),
+                "you".into(),
+                now,
+                wall,
+            )
             .unwrap();
         assert_eq!(replaced.map(|r| r.id), Some(1));
         assert_eq!(c.id, 3);
-        assert_eq!(store.list().iter().map(|o| o.id).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(
+            store.list().iter().map(|o| o.id).collect::<Vec<_>>(),
+            [2, 3]
+        );
 
         tokio::time::advance(Duration::from_millis(9_999)).await;
-        assert!(store.expire(Instant::now()).is_empty(), "not before its time");
-        assert_eq!(store.get(&Target::Upstream("api".into())).map(|o| o.id), Some(3));
+        assert!(
+            store.expire(Instant::now()).is_empty(),
+            "not before its time"
+        );
+        assert_eq!(
+            store.get(&Target::Upstream("api".into())).map(|o| o.id),
+            Some(3)
+        );
         tokio::time::advance(Duration::from_millis(1)).await;
         let gone = store.expire(Instant::now());
         assert_eq!(gone.iter().map(|o| o.id).collect::<Vec<_>>(), [3]);
@@ -423,12 +479,34 @@ mod tests {
         let mut store = OverrideStore::default();
         let now = Instant::now();
         let wall = SystemTime::now();
-        store.set(spec("upstream:api", "force_open", "1m"), "me".into(), now, wall).unwrap();
-        store.set(spec("upstream:web", "force_open", "1m"), "me".into(), now, wall).unwrap();
         store
-            .set(spec("endpoint:api/1.2.3.4:80", "eject", "1m"), "me".into(), now, wall)
+            .set(
+                spec("upstream:api", "force_open", "1m"),
+                "me".into(),
+                now,
+                wall,
+            )
             .unwrap();
-        assert_eq!(store.clear(2).map(|o| o.target.to_string()).as_deref(), Some("upstream:web"));
+        store
+            .set(
+                spec("upstream:web", "force_open", "1m"),
+                "me".into(),
+                now,
+                wall,
+            )
+            .unwrap();
+        store
+            .set(
+                spec("endpoint:api/1.2.3.4:80", "eject", "1m"),
+                "me".into(),
+                now,
+                wall,
+            )
+            .unwrap();
+        assert_eq!(
+            store.clear(2).map(|o| o.target.to_string()).as_deref(),
+            Some("upstream:web")
+        );
         assert_eq!(store.clear(2), None, "cleared once");
         let dropped = store.retain(|t| *t != Target::Upstream("api".into()));
         assert_eq!(dropped.iter().map(|o| o.id).collect::<Vec<_>>(), [1]);
@@ -441,14 +519,29 @@ mod tests {
         let now = Instant::now();
         for i in 0..MAX_OVERRIDES {
             store
-                .set(spec(&format!("upstream:u{i}"), "force_open", "1m"), "me".into(), now, SystemTime::now())
+                .set(
+                    spec(&format!("upstream:u{i}"), "force_open", "1m"),
+                    "me".into(),
+                    now,
+                    SystemTime::now(),
+                )
                 .unwrap();
         }
-        let full = store.set(spec("upstream:one-more", "force_open", "1m"), "me".into(), now, SystemTime::now());
+        let full = store.set(
+            spec("upstream:one-more", "force_open", "1m"),
+            "me".into(),
+            now,
+            SystemTime::now(),
+        );
         assert!(full.unwrap_err().contains("clear some first"));
         // Replacing one still works when full.
         assert!(store
-            .set(spec("upstream:u0", "force_closed", "1m"), "me".into(), now, SystemTime::now())
+            .set(
+                spec("upstream:u0", "force_closed", "1m"),
+                "me".into(),
+                now,
+                SystemTime::now()
+            )
             .is_ok());
     }
 }

@@ -88,7 +88,9 @@ pub async fn serve(
                 let Ok(id) = id.parse::<u64>() else {
                     return error(
                         StatusCode::NOT_FOUND,
-                        format!("no override \"{id}\": ids are numbers (GET /overrides lists them)"),
+                        format!(
+                            "no override \"{id}\": ids are numbers (GET /overrides lists them)"
+                        ),
                     );
                 };
                 match shared

@@ -63,12 +63,8 @@ impl Overrides {
         if !exists(&snapshot, &spec.target) {
             return Err(format!("{} is not in the running config", spec.target));
         }
-        let (o, replaced) = store.set(
-            spec,
-            set_by.to_string(),
-            Instant::now(),
-            SystemTime::now(),
-        )?;
+        let (o, replaced) =
+            store.set(spec, set_by.to_string(), Instant::now(), SystemTime::now())?;
         if let Some(old) = &replaced {
             self.gauge(old, 0);
             tracing::info!(
@@ -194,7 +190,11 @@ impl Overrides {
         loop {
             // Wakes at least once a minute to notice that levee is gone.
             let idle = Instant::now() + std::time::Duration::from_secs(60);
-            let next = self.store.lock().next_expiry().map_or(idle, |at| at.min(idle));
+            let next = self
+                .store
+                .lock()
+                .next_expiry()
+                .map_or(idle, |at| at.min(idle));
             tokio::select! {
                 _ = tokio::time::sleep_until(next) => {}
                 _ = self.changed.notified() => {}
