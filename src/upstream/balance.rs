@@ -1,6 +1,6 @@
 //! Picking an endpoint: power of two choices over least outstanding requests (the default, as in
 //! Envoy and linkerd: near-best balance without a global scan), or round robin. Endpoints that are
-//! ejected or failing health checks are skipped.
+//! ejected, failing health checks or held by an operator's override are skipped.
 
 use super::{Upstream, WorkerUpstream};
 use crate::config::Balance;

@@ -610,3 +610,52 @@ async fn the_cli_sets_lists_and_clears() {
         "no active overrides\n"
     );
 }
+
+/// The dashboard lists each override with its countdown and a Clear button, marks the held
+/// endpoint, and offers the form to set one (the admin listener is on loopback).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_overrides_with_countdowns() {
+    let Some(browser) = crate::dashboard::chromium() else {
+        eprintln!("SKIPPED: chromium not installed; the dashboard override test did NOT run");
+        return;
+    };
+    let a = Origin::new().start().await;
+    let b = Origin::new().start().await;
+    let proxy = TestProxy::start(&simple_config(&[a.addr, b.addr], "", "")).await;
+    let id = set(
+        &proxy,
+        &format!("endpoint:app/{}", a.addr),
+        "drain",
+        "10m",
+        "rolling <deploy>",
+    )
+    .await;
+    let dom = crate::dashboard::dump_dom(&browser, &proxy.admin_url("/")).await;
+    let row = dom
+        .split(&format!("<tr data-override=\"{id}\">"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no override row:\n{dom}"));
+    let row = &row[..row.find("</tr>").unwrap()];
+    assert!(row.contains(&format!("endpoint:app/{}", a.addr)), "{row}");
+    assert!(
+        row.contains("rolling &lt;deploy&gt;"),
+        "the reason, escaped: {row}"
+    );
+    assert!(
+        row.contains(" min") || row.contains(" s"),
+        "a countdown: {row}"
+    );
+    assert!(
+        row.contains(&format!("data-clear=\"{id}\"")),
+        "a Clear button: {row}"
+    );
+    assert!(dom.contains(&format!("drained by override {id}")), "{dom}");
+    assert!(
+        dom.contains("<div id=\"ov-form\">"),
+        "the form is shown: {dom}"
+    );
+    assert!(
+        dom.contains(&format!("<option>endpoint:app/{}</option>", b.addr)),
+        "{dom}"
+    );
+}
