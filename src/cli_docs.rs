@@ -174,6 +174,6 @@ mod tests {
         let bash = String::from_utf8(completions(cli(), Shell::Bash)).unwrap();
         assert!(bash.contains("complete -F _levee"), "{bash}");
         assert!(bash.contains("run") && bash.contains("check"), "{bash}");
-        assert!(bash.contains("levee__override,set"), "{bash}");
+        assert!(bash.contains("levee__subcmd__override,set"), "{bash}");
     }
 }

@@ -255,3 +255,129 @@ fn apply(store: &OverrideStore, snapshot: &Snapshot) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::breaker::state::StateKind;
+    use std::time::Duration;
+
+    fn snapshot(endpoints: &str, previous: Option<&Snapshot>, metrics: &Arc<Metrics>) -> Snapshot {
+        let text = format!(
+            "[[listener]]\nname = \"main\"\nbind = \"127.0.0.1:0\"\n\n\
+             [[route]]\nname = \"r\"\nupstream = \"u\"\n\n\
+             [[upstream]]\nname = \"u\"\nendpoints = [{endpoints}]\n"
+        );
+        let config = crate::config::parse("t.toml", &text, std::path::Path::new(".")).unwrap();
+        Snapshot::build(config, previous, metrics).unwrap()
+    }
+
+    fn spec(target: &str, action: &str, ttl: &str) -> Spec {
+        Spec::parse(Some(target), Some(action), Some(ttl), Some("test"), |_| {
+            true
+        })
+        .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn holds_follow_the_store_through_expiry_and_reloads() {
+        let metrics = Arc::new(Metrics::new());
+        let shared = crate::shared::Shared::new(
+            snapshot("\"127.0.0.1:1\", \"127.0.0.1:2\"", None, &metrics),
+            metrics.clone(),
+        );
+        let current = || shared.snapshot.load_full();
+        let o = &shared.overrides;
+        o.set(spec("upstream:u", "force_open", "10s"), "tester", current)
+            .unwrap();
+        o.set(
+            spec("endpoint:u/127.0.0.1:2", "eject", "60s"),
+            "tester",
+            current,
+        )
+        .unwrap();
+        assert!(o
+            .set(
+                spec("upstream:gone", "force_open", "10s"),
+                "tester",
+                current
+            )
+            .is_err());
+        let snap = current();
+        let u = &snap.upstreams[0];
+        assert_eq!(u.breaker.hold.mode(), Some(HoldMode::Open));
+        assert_eq!(u.breaker.snapshot(Instant::now()).state, StateKind::Open);
+        assert_eq!(u.endpoints[1].hold.get(), Some(EndpointHoldKind::Eject));
+        assert_eq!(u.endpoints[0].hold.get(), None);
+
+        // A reload that rebuilds the upstream keeps both holds on the new one ...
+        let next = Arc::new(snapshot(
+            "\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"",
+            Some(&snap),
+            &metrics,
+        ));
+        assert!(!Arc::ptr_eq(&next.upstreams[0], &snap.upstreams[0]));
+        shared.publish(next);
+        let u = current().upstreams[0].clone();
+        assert_eq!(u.breaker.hold.mode(), Some(HoldMode::Open));
+        assert_eq!(u.endpoints[1].hold.get(), Some(EndpointHoldKind::Eject));
+
+        // ... expiry ends them on time ...
+        tokio::time::advance(Duration::from_millis(9_999)).await;
+        o.expire(Instant::now(), current);
+        assert_eq!(u.breaker.hold.mode(), Some(HoldMode::Open));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        o.expire(Instant::now(), current);
+        assert_eq!(u.breaker.hold.mode(), None);
+        assert_eq!(u.breaker.snapshot(Instant::now()).state, StateKind::Closed);
+        assert_eq!(u.endpoints[1].hold.get(), Some(EndpointHoldKind::Eject));
+
+        // ... and a reload without the target drops it.
+        let prev = current();
+        shared.publish(Arc::new(snapshot("\"127.0.0.1:1\"", Some(&prev), &metrics)));
+        assert!(o.list().is_empty());
+        assert_eq!(
+            metrics
+                .override_active
+                .get_or_create(&OverrideLabels {
+                    target: "endpoint:u/127.0.0.1:2".into(),
+                    action: "eject",
+                })
+                .get(),
+            0
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_expiry_task_ends_overrides_by_itself() {
+        let metrics = Arc::new(Metrics::new());
+        let shared =
+            crate::shared::Shared::new(snapshot("\"127.0.0.1:1\"", None, &metrics), metrics);
+        let weak = Arc::downgrade(&shared);
+        let task = tokio::spawn(
+            shared
+                .overrides
+                .clone()
+                .run_expiry(move || weak.upgrade().map(|s| s.snapshot.load_full())),
+        );
+        let current = || shared.snapshot.load_full();
+        shared
+            .overrides
+            .set(
+                spec("endpoint:u/127.0.0.1:1", "drain", "5m"),
+                "tester",
+                current,
+            )
+            .unwrap();
+        let ep = || current().upstreams[0].endpoints[0].hold.get();
+        assert_eq!(ep(), Some(EndpointHoldKind::Drain));
+        tokio::time::sleep(Duration::from_secs(299)).await;
+        assert_eq!(ep(), Some(EndpointHoldKind::Drain));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(ep(), None, "expired by itself");
+        assert!(shared.overrides.list().is_empty());
+        drop(shared);
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        assert!(task.is_finished(), "the task ends with its levee");
+    }
+}

@@ -99,3 +99,55 @@ impl BreakerHold {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::breaker::state::{Breaker, BreakerSettings};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hold_shows_over_the_breakers_own_state_and_ends() {
+        let hold = BreakerHold::default();
+        let mut breaker = Breaker::new(BreakerSettings::default());
+        let now = Instant::now();
+        assert_eq!(hold.mode(), None);
+        let detail = HoldDetail {
+            id: 7,
+            until: now + Duration::from_secs(600),
+            reason: "migration".into(),
+        };
+        hold.set(Some((HoldMode::Open, detail.clone())));
+        assert_eq!(hold.mode(), Some(HoldMode::Open));
+        tokio::time::advance(Duration::from_secs(100)).await;
+        let now = Instant::now();
+        assert_eq!(hold.remaining(now), Duration::from_secs(500));
+        let mut s = breaker.snapshot(now);
+        hold.overlay(&mut s, now);
+        assert_eq!(s.state, StateKind::Open);
+        assert_eq!(s.open_remaining, Some(Duration::from_secs(500)));
+        assert!(
+            s.reason.starts_with(
+                "held open by override 7 for another 8m 20s: migration (own state closed"
+            ),
+            "{}",
+            s.reason
+        );
+
+        hold.set(Some((HoldMode::Closed, detail)));
+        let mut s = breaker.snapshot(now);
+        hold.overlay(&mut s, now);
+        assert_eq!(s.state, StateKind::Closed);
+        assert!(
+            s.reason.contains("held closed by override 7"),
+            "{}",
+            s.reason
+        );
+
+        hold.set(None);
+        assert_eq!(hold.mode(), None);
+        let mut s = breaker.snapshot(now);
+        let own = s.clone();
+        hold.overlay(&mut s, now);
+        assert_eq!(s, own, "no hold, no change");
+    }
+}
