@@ -236,20 +236,8 @@ async fn serve(
             text(StatusCode::OK, JSON, status::render(&shared).to_string())
         }
         (&Method::POST, "/reload") => {
-            let snapshot = shared.snapshot.load();
-            let admin = &snapshot.config.admin;
-            if !(admin.bind.ip().is_loopback() || admin.allow_actions) {
-                text(
-                    StatusCode::FORBIDDEN,
-                    PLAIN,
-                    "reload over a non-loopback admin listener needs [admin] allow_actions = true\n",
-                )
-            } else if is_cross_site(&req) {
-                text(
-                    StatusCode::FORBIDDEN,
-                    PLAIN,
-                    "cross-site POST refused: reload from the dashboard or a non-browser client\n",
-                )
+            if let Some(why) = action_refused(&req, &shared.snapshot.load().config.admin) {
+                text(StatusCode::FORBIDDEN, PLAIN, format!("{why}\n"))
             } else {
                 match levee.upgrade() {
                     None => text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "shutting down\n"),

@@ -354,6 +354,13 @@ impl UpstreamMetrics {
                 to: to.as_str(),
             }));
         }
+        // An upstream's overrides read 0 from the first scrape (an endpoint's appear when first set).
+        for action in ["force_open", "force_closed"] {
+            drop(m.override_active.get_or_create(&OverrideLabels {
+                target: format!("upstream:{upstream}"),
+                action,
+            }));
+        }
         UpstreamMetrics {
             name: upstream.to_string(),
             duration: m.upstream_duration.get_or_create(&label).clone(),
