@@ -31,13 +31,14 @@ pub struct Shared {
 impl Shared {
     pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>) -> Arc<Shared> {
         metrics.config_version.set(snapshot.version as i64);
+        let overrides = Arc::new(crate::overrides::live::Overrides::new(metrics.clone()));
         Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
+            metrics,
             ready: AtomicBool::new(false),
             last_reload: Mutex::new(None),
             workers: Mutex::new(Vec::new()),
-            overrides: Arc::new(crate::overrides::live::Overrides::new(metrics.clone())),
-            metrics,
+            overrides,
         })
     }
 
