@@ -19,6 +19,8 @@ pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod metrics_sharded;
+pub mod override_cli;
+pub mod overrides;
 pub mod proxy;
 pub mod redis;
 pub mod rewind;

@@ -84,6 +84,23 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: String,
     },
+    /// Hold an upstream's breaker open or closed, or drain or eject an endpoint, for a while.
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  levee override set upstream:api force_open --ttl 10m --reason \"db migration\"\n",
+        "  levee override set endpoint:api/10.0.0.11:8080 drain --ttl 30m --reason \"kernel update\"\n",
+        "  levee override list\n",
+        "  levee override clear 3\n",
+        "Overrides end by themselves after their TTL (at most 24h) and survive reloads while their\n",
+        "target exists. Setting one on a target that has one replaces it.",
+    ))]
+    Override {
+        /// Admin listener address of the running levee.
+        #[arg(long, default_value = "127.0.0.1:9901", global = true)]
+        admin: String,
+        #[command(subcommand)]
+        command: OverrideCommand,
+    },
     /// Print a shell completion script.
     #[command(after_help = concat!(
         "Load it now:  source <(levee completions bash)\n",
@@ -103,6 +120,31 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum OverrideCommand {
+    /// Set an override (replacing one on the same target).
+    Set {
+        /// `upstream:NAME` or `endpoint:UPSTREAM/HOST:PORT`.
+        target: String,
+        /// force_open | force_closed (an upstream), drain | eject (an endpoint).
+        #[arg(value_parser = ["force_open", "force_closed", "drain", "eject"])]
+        action: String,
+        /// How long it holds, like `10m` (at most 24h).
+        #[arg(long)]
+        ttl: String,
+        /// Why, for whoever reads /status next.
+        #[arg(long)]
+        reason: String,
+    },
+    /// List the active overrides with their countdowns.
+    List,
+    /// End an override before its TTL.
+    Clear {
+        /// The override's id (`levee override list`).
+        id: String,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = cli
@@ -119,6 +161,25 @@ fn main() -> ExitCode {
             check(config)
         }
         Some(Command::Status { ref admin }) => levee::status_cli::run(admin),
+        Some(Command::Override { admin, command }) => {
+            use levee::override_cli::OverrideCommand as Cmd;
+            let command = match command {
+                OverrideCommand::Set {
+                    target,
+                    action,
+                    ttl,
+                    reason,
+                } => Cmd::Set {
+                    target,
+                    action,
+                    ttl,
+                    reason,
+                },
+                OverrideCommand::List => Cmd::List,
+                OverrideCommand::Clear { id } => Cmd::Clear { id },
+            };
+            levee::override_cli::run(&admin, command)
+        }
         Some(Command::Demo {
             ref bind,
             ref admin,

@@ -80,7 +80,19 @@ pub fn render_table(v: &Value) -> String {
         let name = s(&u["name"]);
         let mut first = true;
         for e in u["endpoints"].as_array().into_iter().flatten() {
-            let health = if e["ejected"].as_bool() == Some(true) {
+            let held = &e["override"];
+            let health = if held.is_object() {
+                format!(
+                    "{} (override {}, {})",
+                    if held["action"] == "drain" {
+                        "drained"
+                    } else {
+                        "ejected"
+                    },
+                    s(&held["id"]),
+                    crate::override_cli::countdown(&held["expires_in_ms"])
+                )
+            } else if e["ejected"].as_bool() == Some(true) {
                 format!("ejected {}ms", s(&e["ejected_for_ms"]))
             } else if e["healthy"].as_bool() == Some(false) {
                 "unhealthy".into()
@@ -139,6 +151,10 @@ pub fn render_table(v: &Value) -> String {
         out.push_str(&line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]));
     }
     out.push_str(&render_splits(v));
+    if v["overrides"].as_array().is_some_and(|a| !a.is_empty()) {
+        out.push_str("\noverrides:\n");
+        out.push_str(&crate::override_cli::render_list(&v["overrides"]));
+    }
     out
 }
 
@@ -194,6 +210,29 @@ mod tests {
         assert!(lines[2].starts_with("melting"), "{t}");
         assert!(lines[2].contains("failure rate 90%"));
         assert_eq!(lines[1].find("ENDPOINT "), lines[2].find("127.0.0.1:2"));
+        assert!(
+            !t.contains("overrides:"),
+            "no override section without overrides: {t}"
+        );
+    }
+
+    #[test]
+    fn overrides_show_on_their_endpoint_and_in_a_list_with_countdowns() {
+        let held = serde_json::json!({"id": 4, "target": "endpoint:fine/127.0.0.1:1", "action": "drain",
+            "expires_in_ms": 90_000, "reason": "deploy", "set_by": "127.0.0.1:5"});
+        let v = serde_json::json!({
+            "version": 2, "hash": "ab",
+            "upstreams": [
+                {"name": "fine", "breaker": {"state": "closed", "reason": "ok"}, "endpoints": [
+                    {"address": "127.0.0.1:1", "healthy": true, "ejected": false, "override": held,
+                     "in_flight": 1, "requests": 5, "failures": 0}]}
+            ],
+            "overrides": [held],
+        });
+        let t = render_table(&v);
+        assert!(t.contains("drained (override 4, 1m 30s left)"), "{t}");
+        assert!(t.contains("\noverrides:\nID"), "{t}");
+        assert!(t.contains("endpoint:fine/127.0.0.1:1"), "{t}");
     }
 
     #[test]

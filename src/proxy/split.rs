@@ -13,6 +13,7 @@
 //! again, by whichever worker notices first (a compare-and-swap on the route's shared mask).
 
 use crate::config::SplitTarget;
+use crate::layers::breaker::hold::HoldMode;
 use crate::layers::rate_limit::RouteLimiter;
 use crate::layers::retry::RetryPolicy;
 use crate::metrics::{Metrics, RouteMetrics};
@@ -104,12 +105,19 @@ impl Split {
         }
     }
 
-    /// Bit `i` set: target `i` refuses every call at `now` (breaker open, time left).
+    /// Bit `i` set: target `i` refuses every call at `now` (breaker open, time left, or an
+    /// operator's override holding it open; one holding it closed admits whatever its state).
     #[inline]
     fn refusing(&self, now: Instant) -> u64 {
         let mut mask = 0;
         for (i, t) in self.targets.iter().enumerate() {
-            if t.upstream.breaker.published.refuses(now) {
+            let breaker = &t.upstream.breaker;
+            let refuses = match breaker.hold.mode() {
+                Some(HoldMode::Open) => true,
+                Some(HoldMode::Closed) => false,
+                None => breaker.published.refuses(now),
+            };
+            if refuses {
                 mask |= 1 << i;
             }
         }

@@ -1,6 +1,6 @@
 //! Picking an endpoint: power of two choices over least outstanding requests (the default, as in
 //! Envoy and linkerd: near-best balance without a global scan), or round robin. Endpoints that are
-//! ejected or failing health checks are skipped.
+//! ejected, failing health checks or held by an operator's override are skipped.
 
 use super::{Upstream, WorkerUpstream};
 use crate::config::Balance;
@@ -11,7 +11,7 @@ impl Upstream {
     fn available(&self, i: usize, now: Instant) -> bool {
         self.endpoints
             .get(i)
-            .is_some_and(|e| e.healthy.load(Ordering::Relaxed))
+            .is_some_and(|e| e.healthy.load(Ordering::Relaxed) && !e.hold.is_held())
             && !self.outlier.is_ejected(i, now)
     }
 

@@ -6,6 +6,7 @@ pub mod balance;
 pub mod client;
 pub mod h1;
 pub mod health;
+pub mod hold;
 pub mod probe;
 pub mod slow_start;
 pub mod weights;
@@ -31,6 +32,8 @@ pub struct Endpoint {
     pub healthy: AtomicBool,
     pub requests: AtomicU64,
     pub failures: AtomicU64,
+    /// An operator's drain or ejection (`crate::overrides`); the balancer skips a held endpoint.
+    pub hold: hold::EndpointHold,
 }
 
 /// One worker's handle on a shared [`Upstream`]. The layers of a worker's route stacks hold it
@@ -88,6 +91,7 @@ impl Upstream {
                     healthy: AtomicBool::new(true),
                     requests: AtomicU64::new(0),
                     failures: AtomicU64::new(0),
+                    hold: hold::EndpointHold::default(),
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -139,7 +143,9 @@ impl Upstream {
     /// event to hook, so this runs when metrics are scraped.
     pub fn refresh_endpoint_gauges(&self, now: tokio::time::Instant) {
         for (i, (ep, gauge)) in self.endpoints.iter().zip(&self.metrics.healthy).enumerate() {
-            let usable = ep.healthy.load(Ordering::Relaxed) && !self.outlier.is_ejected(i, now);
+            let usable = ep.healthy.load(Ordering::Relaxed)
+                && !self.outlier.is_ejected(i, now)
+                && !ep.hold.is_held();
             gauge.set(i64::from(usable));
         }
     }

@@ -16,6 +16,7 @@ mod hygiene;
 mod keepalive;
 mod lifecycle;
 mod observability;
+mod overrides;
 mod packaging;
 mod peer_limits;
 mod recovery;
