@@ -7,6 +7,7 @@ pub mod cli_docs;
 pub mod config;
 pub mod deadline;
 pub mod demo;
+pub mod diff_cli;
 pub mod error;
 pub mod fuzzing;
 pub mod history;
