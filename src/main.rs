@@ -85,7 +85,12 @@ enum Command {
         diff: bool,
         /// With --diff: the admin listener of the running levee to compare with
         /// [default: 127.0.0.1:9901].
-        #[arg(long, value_name = "ADDR", requires = "diff", conflicts_with = "against")]
+        #[arg(
+            long,
+            value_name = "ADDR",
+            requires = "diff",
+            conflicts_with = "against"
+        )]
         admin: Option<String>,
         /// With --diff: compare with this config file instead of the running levee.
         #[arg(

@@ -86,7 +86,9 @@ pub fn limiter(
 /// does not retry (`attempts` of 1 or no `[route.retry]`).
 pub fn retry_budget(old: Option<&RouteConfig>, new: &RouteConfig) -> Option<Carry> {
     let retry = new.retry.as_ref().filter(|r| r.attempts > 1)?;
-    let old_retry = old.and_then(|o| o.retry.as_ref()).filter(|r| r.attempts > 1);
+    let old_retry = old
+        .and_then(|o| o.retry.as_ref())
+        .filter(|r| r.attempts > 1);
     Some(match old_retry {
         None => Carry::Reset(ResetWhy::Added),
         Some(o) => Carry::unless_changed(o == retry),
@@ -108,9 +110,19 @@ mod tests {
     #[test]
     fn an_upstream_is_kept_only_while_its_definition_is_equal() {
         let a = config("", "", "");
-        let b = config("", "[upstream.circuit_breaker]\nfailure_rate_threshold = 0.3", "");
-        assert_eq!(upstream(None, &a.upstreams[0]), Carry::Reset(ResetWhy::Added));
-        assert_eq!(upstream(Some(&a.upstreams[0]), &a.upstreams[0]), Carry::Kept);
+        let b = config(
+            "",
+            "[upstream.circuit_breaker]\nfailure_rate_threshold = 0.3",
+            "",
+        );
+        assert_eq!(
+            upstream(None, &a.upstreams[0]),
+            Carry::Reset(ResetWhy::Added)
+        );
+        assert_eq!(
+            upstream(Some(&a.upstreams[0]), &a.upstreams[0]),
+            Carry::Kept
+        );
         assert_eq!(
             upstream(Some(&a.upstreams[0]), &b.upstreams[0]),
             Carry::Reset(ResetWhy::Changed)
@@ -133,7 +145,11 @@ mod tests {
         assert_eq!(pair(&g0, &g0), Some(Carry::Kept));
         assert_eq!(pair(&g0, &g1), Some(Carry::Reset(ResetWhy::RedisChanged)));
         let (l0, l1) = (config(local, "", &redis(0)), config(local, "", &redis(1)));
-        assert_eq!(pair(&l0, &l1), Some(Carry::Kept), "a local limit has no Redis");
+        assert_eq!(
+            pair(&l0, &l1),
+            Some(Carry::Kept),
+            "a local limit has no Redis"
+        );
         let faster = config("[route.rate_limit]\nrps = 6", "", "");
         assert_eq!(pair(&l0, &faster), Some(Carry::Reset(ResetWhy::Changed)));
         let none = config("", "", "");

@@ -87,10 +87,20 @@ struct Item<T> {
 /// Compares what a reload from `old` to `new` would change.
 pub fn diff(old: &Config, new: &Config) -> Diff {
     let mut changes = Vec::new();
-    compare(Kind::Listener, &listeners(old), &listeners(new), &mut changes);
+    compare(
+        Kind::Listener,
+        &listeners(old),
+        &listeners(new),
+        &mut changes,
+    );
     compare(Kind::Route, &routes(old), &routes(new), &mut changes);
     compare(Kind::Limiter, &limiters(old), &limiters(new), &mut changes);
-    compare(Kind::Upstream, &upstreams(old), &upstreams(new), &mut changes);
+    compare(
+        Kind::Upstream,
+        &upstreams(old),
+        &upstreams(new),
+        &mut changes,
+    );
     compare(Kind::Redis, &redis(old), &redis(new), &mut changes);
     compare(Kind::Admin, &admin(old), &admin(new), &mut changes);
     changes.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
@@ -475,7 +485,10 @@ endpoints = ["127.0.0.1:9002"]
             ]
         );
         assert!(out.contains(&"limiter api: state reset (rate_limit.rps changed)".into()));
-        assert!(out.contains(&"retry budget api: state kept".into()), "{out:#?}");
+        assert!(
+            out.contains(&"retry budget api: state kept".into()),
+            "{out:#?}"
+        );
         assert!(out.contains(&"upstream api: state kept".into()), "{out:#?}");
     }
 
@@ -536,6 +549,9 @@ endpoints = ["127.0.0.1:9002"]
             &with("redis://127.0.0.1:6379/0", "local"),
             &with("redis://127.0.0.1:6379/1", "local"),
         );
-        assert!(local.contains(&"limiter api: state kept".into()), "{local:#?}");
+        assert!(
+            local.contains(&"limiter api: state kept".into()),
+            "{local:#?}"
+        );
     }
 }

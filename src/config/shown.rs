@@ -122,8 +122,43 @@ endpoints = ["localhost:8080"]
         assert!(!shown.contains("Bearer"), "{shown}");
         assert!(shown.contains("redis://***@10.0.0.5:6379/0"), "{shown}");
         assert!(shown.contains("prod"), "other values stay: {shown}");
-        assert!(shown.contains("header:x-api-key"), "a limit key is no secret: {shown}");
+        assert!(
+            shown.contains("header:x-api-key"),
+            "a limit key is no secret: {shown}"
+        );
         assert!(shown.contains("\"localhost:8080\""), "not a URL: {shown}");
+    }
+
+    /// What `GET /config` returns parses again into the running config, but for the secrets.
+    #[test]
+    fn the_shown_config_round_trips_through_levees_parser() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let example = std::fs::read_to_string(dir.join("config.example.toml")).unwrap();
+        let example = example.replace(
+            "url = \"redis://127.0.0.1:6379\"",
+            "url = \"redis://:hunter2@127.0.0.1:6379/2\"",
+        );
+        let running = super::super::parse("example.toml", &example, dir).unwrap();
+        let text = to_toml(&running.shown);
+        assert!(!text.contains("hunter2"), "{text}");
+        let again = super::super::parse("shown.toml", &text, Path::new("/")).unwrap();
+        assert_eq!(again.admin, running.admin);
+        assert_eq!(again.listeners, running.listeners);
+        assert_eq!(again.routes, running.routes);
+        assert_eq!(again.upstreams, running.upstreams);
+        let (a, b) = (again.redis.unwrap(), running.redis.unwrap());
+        assert_eq!(a.url, "redis://***@127.0.0.1:6379/2");
+        assert_eq!(
+            super::super::RedisConfig {
+                url: a.url.clone(),
+                ..b
+            },
+            a
+        );
+        assert_eq!(
+            again.shown, running.shown,
+            "showing it again changes nothing"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod config_diff;
 mod core;
 mod dashboard;
 mod faults;
