@@ -342,13 +342,19 @@ fn states(old: &Config, new: &Config, changes: &[ChangeLine]) -> Vec<StateLine> 
             push(Kind::RetryBudget, &r.name, carry, Some(why));
         }
     }
-    out.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
+    // Upstreams first: their state is what an operator mid-incident cares about most.
+    let rank = |k: Kind| match k {
+        Kind::Upstream => 0,
+        Kind::Limiter => 1,
+        _ => 2,
+    };
+    out.sort_by(|a, b| (rank(a.kind), &a.name).cmp(&(rank(b.kind), &b.name)));
     out
 }
 
 impl Diff {
-    /// The lines `levee check --diff` prints: changes (`+`, `-`, `~`), then one state line per
-    /// upstream, limiter and retry budget.
+    /// The lines `levee check --diff` prints: changes (`+`, `-`, `~`) by kind then name, then
+    /// one state line per upstream, limiter and retry budget, in that order, by name.
     pub fn render(&self) -> String {
         let mut out = String::new();
         if self.changes.is_empty() {
@@ -438,9 +444,9 @@ endpoints = ["127.0.0.1:9002"]
             lines(BASE, BASE),
             [
                 "no changes",
-                "limiter api: state kept",
                 "upstream api: state kept",
                 "upstream web: state kept",
+                "limiter api: state kept",
                 "retry budget api: state kept",
             ]
         );
@@ -457,9 +463,9 @@ endpoints = ["127.0.0.1:9002"]
             out,
             [
                 "~ upstream api: circuit_breaker.failure_rate_threshold 0.5 → 0.3",
-                "limiter api: state kept",
                 "upstream api: state reset (circuit_breaker.failure_rate_threshold changed)",
                 "upstream web: state kept",
+                "limiter api: state kept",
                 "retry budget api: state kept",
             ]
         );
@@ -509,9 +515,9 @@ endpoints = ["127.0.0.1:9002"]
                 "+ route z",
                 "+ upstream new",
                 "- upstream web",
-                "limiter api: state kept",
                 "upstream api: state kept",
                 "upstream new: state reset (new upstream)",
+                "limiter api: state kept",
                 "retry budget api: state kept",
             ]
         );

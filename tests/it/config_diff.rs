@@ -155,6 +155,7 @@ async fn a_renamed_route_keeps_its_upstreams_state() {
     ]);
     // Sorted by kind, then name: routes before limiters before state lines.
     let at = |l: &str| out.stdout.find(l).unwrap();
+    assert!(at("upstream app: state kept") < at("limiter api-v2: state reset"));
     assert!(at("- route api\n") < at("+ route api-v2"));
     assert!(at("+ route api-v2") < at("- limiter api\n"));
     assert!(at("- limiter api\n") < at("+ limiter api-v2"));
