@@ -19,7 +19,16 @@ pub enum Against {
     File(PathBuf),
 }
 
-pub fn run(new_path: &Path, against: Against) -> ExitCode {
+/// How the diff is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Lines for people: `+`, `-`, `~` and `state kept` / `state reset`.
+    Text,
+    /// One JSON document on stdout (the validity line is not printed).
+    Json,
+}
+
+pub fn run(new_path: &Path, against: Against, format: Format) -> ExitCode {
     let new = match runtime::check(&ConfigSource::File(new_path.to_path_buf())) {
         Ok(c) => c,
         Err(errors) => {
@@ -29,13 +38,15 @@ pub fn run(new_path: &Path, against: Against) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!(
-        "{}: ok ({} listeners, {} routes, {} upstreams)",
-        new_path.display(),
-        new.listeners.len(),
-        new.routes.len(),
-        new.upstreams.len()
-    );
+    if format == Format::Text {
+        println!(
+            "{}: ok ({} listeners, {} routes, {} upstreams)",
+            new_path.display(),
+            new.listeners.len(),
+            new.routes.len(),
+            new.upstreams.len()
+        );
+    }
     let (old, new, what) = match against {
         Against::File(old_path) => match runtime::check(&ConfigSource::File(old_path.clone())) {
             Ok(old) => (old, new, old_path.display().to_string()),
@@ -64,8 +75,19 @@ pub fn run(new_path: &Path, against: Against) -> ExitCode {
             }
         },
     };
-    println!("a reload from {what} would change:");
-    print!("{}", config::diff::diff(&old, &new).render());
+    let diff = config::diff::diff(&old, &new);
+    match format {
+        Format::Text => {
+            println!("a reload from {what} would change:");
+            print!("{}", diff.render());
+        }
+        Format::Json => {
+            let mut doc = diff.to_json();
+            doc["config"] = new_path.display().to_string().into();
+            doc["against"] = what.into();
+            println!("{doc}");
+        }
+    }
     ExitCode::SUCCESS
 }
 

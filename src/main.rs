@@ -100,6 +100,15 @@ enum Command {
             value_hint = clap::ValueHint::FilePath
         )]
         against: Option<PathBuf>,
+        /// With --diff: print the diff as lines (text) or as one JSON document (json).
+        #[arg(
+            long,
+            value_enum,
+            value_name = "FORMAT",
+            default_value = "text",
+            requires = "diff"
+        )]
+        format: levee::diff_cli::Format,
     },
     /// Run levee in front of two built-in demo backends.
     Demo {
@@ -146,6 +155,7 @@ fn main() -> ExitCode {
             diff,
             ref admin,
             ref against,
+            format,
         }) => {
             // Warnings (an expired certificate) go to stderr next to the errors.
             logging::init(
@@ -154,10 +164,12 @@ fn main() -> ExitCode {
             );
             match (diff, against) {
                 (false, _) => check(config),
-                (true, Some(old)) => levee::diff_cli::run(&config, Against::File(old.clone())),
+                (true, Some(old)) => {
+                    levee::diff_cli::run(&config, Against::File(old.clone()), format)
+                }
                 (true, None) => {
                     let admin = admin.clone().unwrap_or_else(|| DEFAULT_ADMIN.to_string());
-                    levee::diff_cli::run(&config, Against::Admin(admin))
+                    levee::diff_cli::run(&config, Against::Admin(admin), format)
                 }
             }
         }

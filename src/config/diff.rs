@@ -388,6 +388,49 @@ impl Diff {
     }
 }
 
+impl Diff {
+    /// The same as JSON, for pipelines: `{"changes": [{"kind", "name", "change", "key", "old",
+    /// "new"}], "states": [{"kind", "name", "state": "kept" | "reset", "why"}]}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let changes: Vec<_> = self
+            .changes
+            .iter()
+            .map(|c| {
+                let mut v = json!({ "kind": c.kind.word(), "name": c.name });
+                let (change, key, old, new) = match &c.change {
+                    Change::Added => ("added", None, None, None),
+                    Change::Removed => ("removed", None, None, None),
+                    Change::Key { key, old, new } => {
+                        ("modified", Some(key), old.as_ref(), new.as_ref())
+                    }
+                    Change::Unseen => ("modified", None, None, None),
+                };
+                v["change"] = json!(change);
+                if let Some(key) = key {
+                    v["key"] = json!(key);
+                    v["old"] = json!(old);
+                    v["new"] = json!(new);
+                }
+                v
+            })
+            .collect();
+        let states: Vec<_> = self
+            .states
+            .iter()
+            .map(|s| {
+                json!({
+                    "kind": s.kind.word(),
+                    "name": s.name,
+                    "state": if s.carry.is_kept() { "kept" } else { "reset" },
+                    "why": s.why,
+                })
+            })
+            .collect();
+        json!({ "changes": changes, "states": states })
+    }
+}
+
 fn subject(kind: Kind, name: &str) -> String {
     if name.is_empty() {
         kind.word().to_string()

@@ -135,6 +135,30 @@ async fn a_changed_breaker_threshold_resets_the_upstream() {
         "upstream app: state reset (circuit_breaker.failure_rate_threshold changed)",
         "limiter api: state kept",
     ]);
+    // The same for a pipeline, as JSON.
+    let json = levee(
+        &[
+            "--diff",
+            "--against",
+            old.to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+        &new,
+    )
+    .await;
+    assert_eq!(json.code, 0, "{}{}", json.stdout, json.stderr);
+    let doc: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(
+        doc["changes"][0],
+        serde_json::json!({"kind": "upstream", "name": "app", "change": "modified",
+            "key": "circuit_breaker.failure_rate_threshold", "old": "0.5", "new": "0.25"})
+    );
+    assert_eq!(
+        doc["states"][0],
+        serde_json::json!({"kind": "upstream", "name": "app", "state": "reset",
+            "why": "circuit_breaker.failure_rate_threshold changed"})
+    );
 }
 
 #[tokio::test]
