@@ -22,6 +22,8 @@ pub enum Kind {
     Upstream,
     Redis,
     Admin,
+    /// Any other top-level table (named by its key), compared key by key as written.
+    Other,
     /// A route's retry budget (state lines only), named by its route.
     RetryBudget,
 }
@@ -35,6 +37,7 @@ impl Kind {
             Kind::Upstream => "upstream",
             Kind::Redis => "redis",
             Kind::Admin => "admin",
+            Kind::Other => "",
             Kind::RetryBudget => "retry budget",
         }
     }
@@ -103,6 +106,7 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
     );
     compare(Kind::Redis, &redis(old), &redis(new), &mut changes);
     compare(Kind::Admin, &admin(old), &admin(new), &mut changes);
+    compare(Kind::Other, &others(old), &others(new), &mut changes);
     changes.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
     let states = states(old, new, &changes);
     Diff { changes, states }
@@ -193,6 +197,27 @@ fn admin(c: &Config) -> Vec<Item<super::AdminConfig>> {
         model: c.admin.clone(),
         table: table(&c.shown, "admin"),
     }]
+}
+
+/// Top-level tables the model has no entity for above (`[dns]`, say): the shown table is
+/// all there is to compare, so it stands in for the model too.
+fn others(c: &Config) -> Vec<Item<Table>> {
+    const KNOWN: [&str; 5] = ["listener", "route", "upstream", "redis", "admin"];
+    c.shown
+        .iter()
+        .filter(|(k, _)| !KNOWN.contains(&k.as_str()))
+        .map(|(k, v)| {
+            let table = match v {
+                Value::Table(t) => t.clone(),
+                other => Table::from_iter([(k.clone(), other.clone())]),
+            };
+            Item {
+                name: k.clone(),
+                model: table.clone(),
+                table,
+            }
+        })
+        .collect()
 }
 
 /// The tables of an array of tables (`[[route]]`), in file order: the order the model keeps.
@@ -432,7 +457,9 @@ impl Diff {
 }
 
 fn subject(kind: Kind, name: &str) -> String {
-    if name.is_empty() {
+    if kind == Kind::Other {
+        name.to_string()
+    } else if name.is_empty() {
         kind.word().to_string()
     } else {
         format!("{} {name}", kind.word())
@@ -564,6 +591,33 @@ endpoints = ["127.0.0.1:9002"]
                 "retry budget api: state kept",
             ]
         );
+    }
+
+    #[test]
+    fn tables_the_diff_does_not_know_are_compared_as_written() {
+        // No such table exists yet; one added later (`[dns]`) must not go unseen.
+        let with = |servers: &str| {
+            let c = parse(BASE);
+            let mut shown = (*c.shown).clone();
+            shown.insert(
+                "dns".into(),
+                format!("nameservers = [{servers}]")
+                    .parse::<Table>()
+                    .unwrap()
+                    .into(),
+            );
+            Config {
+                shown: std::sync::Arc::new(shown),
+                ..c
+            }
+        };
+        let out = diff(&with("\"10.0.0.1:53\""), &with("\"10.0.0.2:53\"")).render();
+        assert!(
+            out.contains("~ dns: nameservers [\"10.0.0.1:53\"] → [\"10.0.0.2:53\"]\n"),
+            "{out}"
+        );
+        let added = diff(&parse(BASE), &with("")).render();
+        assert!(added.starts_with("+ dns\n"), "{added}");
     }
 
     #[test]
