@@ -8,7 +8,9 @@
 //! rule the reload itself applies.
 
 use super::carry::{self, Carry, ResetWhy};
-use super::model::{Config, RouteConfig};
+use super::model::{
+    AdminConfig, Config, ListenerConfig, RateLimitConfig, RedisConfig, RouteConfig, UpstreamConfig,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use toml::{Table, Value};
 
@@ -112,7 +114,7 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
     Diff { changes, states }
 }
 
-fn listeners(c: &Config) -> Vec<Item<super::ListenerConfig>> {
+fn listeners(c: &Config) -> Vec<Item<ListenerConfig>> {
     let tables = tables(&c.shown, "listener");
     c.listeners
         .iter()
@@ -146,7 +148,7 @@ fn routes(c: &Config) -> Vec<Item<RouteConfig>> {
         .collect()
 }
 
-fn limiters(c: &Config) -> Vec<Item<super::RateLimitConfig>> {
+fn limiters(c: &Config) -> Vec<Item<RateLimitConfig>> {
     let tables = tables(&c.shown, "route");
     c.routes
         .iter()
@@ -166,7 +168,7 @@ fn limiters(c: &Config) -> Vec<Item<super::RateLimitConfig>> {
         .collect()
 }
 
-fn upstreams(c: &Config) -> Vec<Item<super::UpstreamConfig>> {
+fn upstreams(c: &Config) -> Vec<Item<UpstreamConfig>> {
     let tables = tables(&c.shown, "upstream");
     c.upstreams
         .iter()
@@ -179,7 +181,7 @@ fn upstreams(c: &Config) -> Vec<Item<super::UpstreamConfig>> {
         .collect()
 }
 
-fn redis(c: &Config) -> Vec<Item<super::RedisConfig>> {
+fn redis(c: &Config) -> Vec<Item<RedisConfig>> {
     c.redis
         .iter()
         .map(|r| Item {
@@ -191,7 +193,7 @@ fn redis(c: &Config) -> Vec<Item<super::RedisConfig>> {
 }
 
 /// `[admin]` is always there (its defaults when not written).
-fn admin(c: &Config) -> Vec<Item<super::AdminConfig>> {
+fn admin(c: &Config) -> Vec<Item<AdminConfig>> {
     vec![Item {
         name: String::new(),
         model: c.admin.clone(),
