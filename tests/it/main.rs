@@ -3,6 +3,7 @@
 
 mod support;
 
+mod architecture;
 mod config_diff;
 mod core;
 mod dashboard;
