@@ -22,9 +22,11 @@ pub enum Against {
 /// How the diff is printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
-    /// Lines for people: `+`, `-`, `~` and `state kept` / `state reset`.
+    // Plain comments, not doc comments: clap would list documented values in `--help` on lines
+    // of their own, and `--help` keeps each option on one line.
+    // Lines for people: `+`, `-`, `~` and `state kept` / `state reset`.
     Text,
-    /// One JSON document on stdout (the validity line is not printed).
+    // One JSON document on stdout (the validity line is not printed).
     Json,
 }
 
