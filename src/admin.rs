@@ -1,5 +1,5 @@
 //! The admin listener: the dashboard at `/`, `/healthz`, `/ready`, `/metrics`, `/status`,
-//! `POST /reload`, and operators' overrides under `/overrides` ([`overrides`]).
+//! `GET /config`, `POST /reload`, and operators' overrides under `/overrides` ([`overrides`]).
 //! It binds loopback by default; actions that change traffic are refused on other addresses
 //! unless `[admin] allow_actions = true`.
 //!
@@ -235,6 +235,12 @@ async fn serve(
         (&Method::GET, "/status") => {
             text(StatusCode::OK, JSON, status::render(&shared).to_string())
         }
+        // The running config as loaded, secrets removed (`crate::config::shown`).
+        (&Method::GET, "/config") => text(
+            StatusCode::OK,
+            "application/toml; charset=utf-8",
+            crate::config::shown::to_toml(&shared.snapshot.load().config.shown),
+        ),
         (&Method::POST, "/reload") => {
             if let Some(why) = action_refused(&req, &shared.snapshot.load().config.admin) {
                 text(StatusCode::FORBIDDEN, PLAIN, format!("{why}\n"))
@@ -260,7 +266,7 @@ async fn serve(
                 }
             }
         }
-        (_, "/" | "/healthz" | "/ready" | "/metrics" | "/status") => text(
+        (_, "/" | "/healthz" | "/ready" | "/metrics" | "/status" | "/config") => text(
             StatusCode::METHOD_NOT_ALLOWED,
             PLAIN,
             "method not allowed\n",

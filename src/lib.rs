@@ -10,6 +10,7 @@ pub mod config;
 pub mod conn;
 pub mod deadline;
 pub mod demo;
+pub mod diff_cli;
 pub mod error;
 pub mod fuzzing;
 pub mod grpc;

@@ -3,6 +3,7 @@
 //! validated `Config` and published with a single `ArcSwap::store`. A request loads it once and
 //! finishes on it, whatever reloads happen meanwhile.
 
+use crate::config::carry::{self, Carry};
 use crate::config::{Config, ListenerConfig, RateLimitScope};
 use crate::history::History;
 use crate::layers::rate_limit::RouteLimiter;
@@ -57,9 +58,10 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Builds a snapshot, reusing the live state of `previous` wherever the config is unchanged:
-    /// an upstream whose definition is equal keeps its breaker, ejections, health and pool; a
-    /// route whose limit or retry settings are equal keeps its buckets and budget.
+    /// Builds a snapshot, reusing the live state of `previous` where `crate::config::carry` (the
+    /// rule `levee check --diff` reports) says so: an upstream whose definition is equal keeps
+    /// its breaker, ejections, health and pool; a route whose limit or retry settings are equal
+    /// keeps its buckets and budget.
     pub fn build(
         config: Config,
         previous: Option<&Snapshot>,
@@ -67,16 +69,16 @@ impl Snapshot {
     ) -> Result<Snapshot, String> {
         let mut upstreams: Vec<Arc<Upstream>> = Vec::with_capacity(config.upstreams.len());
         for u in &config.upstreams {
-            let kept = previous
-                .and_then(|p| p.upstreams.iter().find(|old| old.config == *u))
+            let old =
+                previous.and_then(|p| p.upstreams.iter().find(|old| old.config.name == u.name));
+            let kept = old
+                .filter(|old| carry::upstream(Some(&old.config), u).is_kept())
                 .cloned();
             upstreams.push(match kept {
                 Some(old) => old,
                 None => {
                     let mut fresh = Upstream::new(u, metrics)?;
-                    if let Some(old) = previous
-                        .and_then(|p| p.upstreams.iter().find(|old| old.config.name == u.name))
-                    {
+                    if let Some(old) = old {
                         fresh.history = old.history.clone();
                         let now = tokio::time::Instant::now();
                         fresh
@@ -90,7 +92,7 @@ impl Snapshot {
         let redis = config.redis.as_ref().map(|c| {
             previous
                 .and_then(|p| p.redis.clone())
-                .filter(|old| old.config == *c)
+                .filter(|old| carry::redis(Some(&old.config), c).is_kept())
                 .unwrap_or_else(|| Arc::new(Redis::new(c, metrics)))
         });
         let mut routes = Vec::with_capacity(config.routes.len());
@@ -118,15 +120,15 @@ impl Snapshot {
                             )
                         })?),
                     };
-                    // Kept while its settings and its Redis are the same.
-                    let kept = old.and_then(|o| o.limiter.clone()).filter(|ol| {
-                        ol.config == *l
-                            && match (ol.redis(), &shared) {
-                                (None, None) => true,
-                                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                                _ => false,
-                            }
-                    });
+                    let redis_configs = (
+                        previous.and_then(|p| p.config.redis.as_ref()),
+                        config.redis.as_ref(),
+                    );
+                    let kept = old
+                        .filter(|o| {
+                            carry::limiter(Some(&o.config), r, redis_configs) == Some(Carry::Kept)
+                        })
+                        .and_then(|o| o.limiter.clone());
                     Some(kept.unwrap_or_else(|| {
                         Arc::new(match shared {
                             None => RouteLimiter::new(l),
@@ -136,8 +138,8 @@ impl Snapshot {
                 }
             };
             let retry = r.retry.as_ref().filter(|c| c.attempts > 1).map(|c| {
-                old.and_then(|o| o.retry.clone())
-                    .filter(|or| or.config == *c)
+                old.filter(|o| carry::retry_budget(Some(&o.config), r) == Some(Carry::Kept))
+                    .and_then(|o| o.retry.clone())
                     .unwrap_or_else(|| Arc::new(RetryPolicy::new(c)))
             });
             // The route's stack is built per worker (`crate::worker::WorkerSnapshot`).

@@ -33,8 +33,14 @@ pub fn run(admin: &str) -> ExitCode {
 }
 
 async fn fetch(admin: &str) -> Result<Value, String> {
+    let body = get(admin, "/status").await?;
+    serde_json::from_str(&body).map_err(|e| format!("not a levee status document: {e}"))
+}
+
+/// The body of `GET http://ADMIN/PATH`, bounded by a 5 s timeout; an error unless it is a 2xx.
+pub async fn get(admin: &str, path: &str) -> Result<String, String> {
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let uri: http::Uri = format!("http://{admin}/status")
+    let uri: http::Uri = format!("http://{admin}{path}")
         .parse()
         .map_err(|e| format!("bad address: {e}"))?;
     let resp = tokio::time::timeout(Duration::from_secs(5), client.get(uri))
@@ -50,7 +56,7 @@ async fn fetch(admin: &str) -> Result<Value, String> {
         .await
         .map_err(|e| e.to_string())?
         .to_bytes();
-    serde_json::from_slice(&body).map_err(|e| format!("not a levee status document: {e}"))
+    String::from_utf8(body.to_vec()).map_err(|_| "the answer is not UTF-8".to_string())
 }
 
 fn s(v: &Value) -> String {

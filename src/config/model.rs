@@ -21,6 +21,9 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     /// Hash of the file's bytes, shown in `/status` so operators can tell which file is live.
     pub hash: String,
+    /// The file as parsed, secrets removed, paths absolute: what `GET /config` shows
+    /// (`super::shown`).
+    pub shown: std::sync::Arc<toml::Table>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

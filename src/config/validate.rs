@@ -58,6 +58,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path, d: &mut Diagnostics) -> Option<
         upstreams,
         redis,
         hash: String::new(),
+        shown: Default::default(),
     })
 }
 
@@ -115,7 +116,7 @@ fn socket_addr(s: &Spanned<String>, d: &mut Diagnostics) -> Option<SocketAddr> {
     }
 }
 
-fn resolve(base_dir: &Path, p: &str) -> PathBuf {
+pub(super) fn resolve(base_dir: &Path, p: &str) -> PathBuf {
     let path = PathBuf::from(p);
     if path.is_absolute() {
         path

@@ -4,6 +4,7 @@
 mod support;
 
 mod architecture;
+mod config_diff;
 mod core;
 mod dashboard;
 mod faults;
