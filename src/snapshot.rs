@@ -19,7 +19,8 @@ use std::time::SystemTime;
 pub struct Route {
     pub name: Arc<str>,
     pub config: crate::config::RouteConfig,
-    pub upstream: Arc<Upstream>,
+    /// `None` on routes that answer themselves (`config.answer`).
+    pub upstream: Option<Arc<Upstream>>,
     pub limiter: Option<Arc<RouteLimiter>>,
     pub retry: Option<Arc<RetryPolicy>>,
     /// Shared with the route's layers: cloning it is one reference count, not nine.
@@ -86,16 +87,18 @@ impl Snapshot {
         });
         let mut routes = Vec::with_capacity(config.routes.len());
         for r in &config.routes {
-            let upstream = upstreams
-                .iter()
-                .find(|u| *u.name == *r.upstream)
-                .cloned()
-                .ok_or_else(|| {
-                    format!(
-                        "route \"{}\" names unknown upstream \"{}\"",
-                        r.name, r.upstream
-                    )
-                })?;
+            let upstream = match &r.upstream {
+                None => None,
+                Some(name) => Some(
+                    upstreams
+                        .iter()
+                        .find(|u| *u.name == **name)
+                        .cloned()
+                        .ok_or_else(|| {
+                            format!("route \"{}\" names unknown upstream \"{name}\"", r.name)
+                        })?,
+                ),
+            };
             let old = previous.and_then(|p| p.routes.iter().find(|o| o.config.name == r.name));
             let limiter = match &r.rate_limit {
                 None => None,
@@ -132,7 +135,11 @@ impl Snapshot {
                     .unwrap_or_else(|| Arc::new(RetryPolicy::new(c)))
             });
             // The route's stack is built per worker (`crate::worker::WorkerSnapshot`).
-            let route_metrics = Arc::new(RouteMetrics::new(metrics, &r.name, &r.upstream));
+            let route_metrics = Arc::new(RouteMetrics::new(
+                metrics,
+                &r.name,
+                r.upstream.as_deref().unwrap_or_default(),
+            ));
             routes.push(Route {
                 name: r.name.as_str().into(),
                 config: r.clone(),
@@ -143,11 +150,11 @@ impl Snapshot {
                 history: old.map(|o| o.history.clone()).unwrap_or_default(),
             });
         }
-        let router = Router::new(
+        let router = Router::with_matchers(
             config
                 .routes
                 .iter()
-                .map(|r| (r.host.as_deref(), r.path_prefix.as_str())),
+                .map(|r| (r.host.as_deref(), &r.matcher)),
         );
         let mut listeners = HashMap::new();
         for l in &config.listeners {

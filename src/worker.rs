@@ -88,8 +88,8 @@ pub fn reserve_shards(workers: usize) {
 /// metrics' counts would be written by every core.
 pub struct WorkerSnapshot {
     pub snapshot: Arc<Snapshot>,
-    /// `snapshot.routes[i]`'s stack is `stacks[i]`.
-    pub stacks: Vec<WorkerRoute>,
+    /// `snapshot.routes[i]`'s stack is `stacks[i]`; `None` for a route that answers itself.
+    pub stacks: Vec<Option<WorkerRoute>>,
 }
 
 /// One route's stack as a worker runs it.
@@ -109,13 +109,14 @@ impl WorkerSnapshot {
             .routes
             .iter()
             .map(|r| {
+                let route_upstream = r.upstream.as_ref()?;
                 let upstream = upstreams
                     .iter()
-                    .find(|u| Arc::ptr_eq(&u.0, &r.upstream))
+                    .find(|u| Arc::ptr_eq(&u.0, route_upstream))
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(WorkerUpstream(r.upstream.clone())));
+                    .unwrap_or_else(|| Arc::new(WorkerUpstream(route_upstream.clone())));
                 let metrics = Arc::new(RouteMetrics::clone(&r.metrics));
-                WorkerRoute {
+                Some(WorkerRoute {
                     stack: stack::build(
                         &upstream,
                         r.config.timeout,
@@ -124,7 +125,7 @@ impl WorkerSnapshot {
                         &metrics,
                     ),
                     upstream,
-                }
+                })
             })
             .collect();
         WorkerSnapshot { snapshot, stacks }

@@ -5,6 +5,7 @@
 pub mod diagnostics;
 pub mod model;
 pub mod raw;
+pub mod traffic;
 pub mod units;
 pub mod validate;
 

@@ -132,7 +132,13 @@ pub struct RouteConfig {
     pub name: String,
     pub host: Option<String>,
     pub path_prefix: String,
-    pub upstream: String,
+    /// `None` on routes that answer themselves (`answer`).
+    pub upstream: Option<String>,
+    /// The path and the method, header and query conditions the router matches.
+    pub matcher: crate::proxy::matcher::RouteMatch,
+    pub rewrite: crate::proxy::rewrite::RouteRewrite,
+    /// `redirect` or `direct_response`: answered by levee, no upstream.
+    pub answer: Option<crate::proxy::redirect::LocalAnswer>,
     pub timeout: Duration,
     pub max_body: Option<u64>,
     pub retry: Option<RetryConfig>,

@@ -30,6 +30,8 @@ pub fn validate(raw: RawConfig, base_dir: &Path, d: &mut Diagnostics) -> Option<
         .collect();
     let redis = raw.redis.map(|r| redis(r.into_inner(), d));
     let has_redis = redis.is_some();
+    let route_spans: Vec<std::ops::Range<usize>> =
+        raw.route.iter().map(super::traffic::route_span).collect();
     let routes: Vec<RouteConfig> = raw
         .route
         .into_iter()
@@ -51,6 +53,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path, d: &mut Diagnostics) -> Option<
     if !d.is_empty() {
         return None;
     }
+    super::traffic::warn_shadowed(&routes, &route_spans, d);
     Some(Config {
         admin,
         listeners,
@@ -284,26 +287,9 @@ fn route(
         .as_ref()
         .map(|n| n.get_ref().clone())
         .unwrap_or_else(|| format!("route{i}"));
-    let target = raw.upstream.get_ref();
-    if !upstreams.iter().any(|u| &u.name == target) {
-        let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
-        let hint = names
-            .iter()
-            .map(|n| (strsim::jaro_winkler(target, n), *n))
-            .filter(|(s, _)| *s > 0.7)
-            .max_by(|a, b| a.0.total_cmp(&b.0))
-            .map(|(_, n)| format!(": did you mean \"{n}\"?"))
-            .unwrap_or_else(|| {
-                if names.is_empty() {
-                    ": no [[upstream]] is defined".to_string()
-                } else {
-                    format!(": defined upstreams are {}", names.join(", "))
-                }
-            });
-        d.at(
-            raw.upstream.span(),
-            format!("route \"{name}\" names upstream \"{target}\", which does not exist{hint}"),
-        );
+    super::traffic::check_target(&raw, &name, d);
+    if let Some(target) = &raw.upstream {
+        upstream_exists(&name, target, upstreams, d);
     }
     let host = raw.host.as_ref().and_then(|h| {
         let v = h.get_ref().trim().to_ascii_lowercase();
@@ -343,6 +329,7 @@ fn route(
         }
         Some(t) => t.get_ref().0,
     };
+    let traffic = super::traffic::traffic(&raw, &path_prefix, d);
     let retry = raw.retry.map(|r| retry(r.into_inner(), d));
     let rate_limit = raw
         .rate_limit
@@ -351,13 +338,47 @@ fn route(
         name,
         host,
         path_prefix,
-        upstream: target.clone(),
+        upstream: raw.upstream.map(Spanned::into_inner),
+        matcher: traffic.matcher,
+        rewrite: traffic.rewrite,
+        answer: traffic.answer,
         timeout: raw.timeout.map(|t| t.0).unwrap_or(Duration::from_secs(30)),
         max_body: raw.max_body.map(|s| s.0),
         retry,
         rate_limit,
         tunnel_idle_timeout,
     })
+}
+
+/// Reports a route's `upstream` that names no `[[upstream]]`, with the closest name.
+fn upstream_exists(
+    name: &str,
+    target: &Spanned<String>,
+    upstreams: &[UpstreamConfig],
+    d: &mut Diagnostics,
+) {
+    let span = target.span();
+    let target = target.get_ref();
+    if !upstreams.iter().any(|u| &u.name == target) {
+        let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+        let hint = names
+            .iter()
+            .map(|n| (strsim::jaro_winkler(target, n), *n))
+            .filter(|(s, _)| *s > 0.7)
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, n)| format!(": did you mean \"{n}\"?"))
+            .unwrap_or_else(|| {
+                if names.is_empty() {
+                    ": no [[upstream]] is defined".to_string()
+                } else {
+                    format!(": defined upstreams are {}", names.join(", "))
+                }
+            });
+        d.at(
+            span,
+            format!("route \"{name}\" names upstream \"{target}\", which does not exist{hint}"),
+        );
+    }
 }
 
 fn retry(raw: RawRetry, d: &mut Diagnostics) -> RetryConfig {
@@ -998,6 +1019,15 @@ pub fn check_uniqueness(raw: &RawConfig, d: &mut Diagnostics) {
             .as_ref()
             .map(|h| h.get_ref().to_ascii_lowercase())
             .unwrap_or_default();
+        // Routes that differ by other matchers are distinct; `levee check` warns about shadows.
+        if r.path.is_some()
+            || r.path_regex.is_some()
+            || r.methods.is_some()
+            || r.headers.is_some()
+            || r.query.is_some()
+        {
+            continue;
+        }
         let prefix = r
             .path_prefix
             .as_ref()
@@ -1008,7 +1038,7 @@ pub fn check_uniqueness(raw: &RawConfig, d: &mut Diagnostics) {
                 .path_prefix
                 .as_ref()
                 .map(|p| p.span())
-                .unwrap_or(r.upstream.span());
+                .unwrap_or_else(|| super::traffic::route_span(r));
             d.at(span, format!("another route already matches host \"{host}\" and path_prefix \"{prefix}\": this one would never be used"));
         }
     }

@@ -18,6 +18,7 @@ mod observability;
 mod packaging;
 mod peer_limits;
 mod resilience;
+mod routing;
 mod tls;
 mod upstream_h1;
 mod websocket;
