@@ -243,7 +243,7 @@ fn rewritable_name(
 }
 
 fn header_rewrite(raw: &RawHeaderRewrite, key: &str, d: &mut Diagnostics) -> HeaderRewrite {
-    let mut templates = |map: &Option<std::collections::BTreeMap<String, Spanned<String>>>,
+    let templates = |map: &Option<std::collections::BTreeMap<String, Spanned<String>>>,
                          d: &mut Diagnostics| {
         let mut out = Vec::new();
         for (name, value) in map.iter().flatten() {
