@@ -11,6 +11,7 @@ use levee::layers::rate_limit::gcra::{GcraCell, GcraSettings, KeyedLimiter};
 use levee::layers::retry::budget::RetryBudget;
 use levee::metrics::Metrics;
 use levee::proxy::forward::{add_forwarding_headers, client_ip, strip_hop_by_hop, Peer};
+use levee::proxy::matcher::{HeaderMatch, PathMatch, Pattern, RequestView, RouteMatch};
 use levee::proxy::route::Router;
 use levee::upstream::Upstream;
 use std::sync::Arc;
@@ -34,6 +35,62 @@ fn router(c: &mut Criterion) {
                 black_box("/api/v1/users/42"),
             )
         })
+    });
+}
+
+/// 100 routes in one host table, a third of them regexes and most with method, header or query
+/// conditions; the request matches none of them but the last ("/"), so every route is tried:
+/// the worst case of a linear scan.
+fn router_matchers(c: &mut Criterion) {
+    let mut matchers: Vec<RouteMatch> = Vec::new();
+    for i in 0..30 {
+        matchers.push(RouteMatch {
+            path: PathMatch::Regex(Pattern::new(&format!("^/v{i}/[a-z]+/[0-9]+$")).unwrap()),
+            ..RouteMatch::default()
+        });
+    }
+    for i in 0..30 {
+        matchers.push(RouteMatch {
+            headers: vec![(
+                HeaderName::from_static("x-tenant"),
+                HeaderMatch::Regex(Pattern::new(&format!("^tenant-{i}(-eu)?$")).unwrap()),
+            )],
+            ..RouteMatch::prefix("/api")
+        });
+    }
+    for i in 0..20 {
+        matchers.push(RouteMatch {
+            methods: vec![http::Method::POST],
+            headers: vec![(
+                HeaderName::from_static("x-canary"),
+                HeaderMatch::Exact(format!("{i}")),
+            )],
+            ..RouteMatch::prefix(&format!("/svc{i}"))
+        });
+    }
+    for i in 0..19 {
+        matchers.push(RouteMatch {
+            query: vec![("variant".into(), format!("{i}"))],
+            ..RouteMatch::prefix(&format!("/api/v{i}"))
+        });
+    }
+    matchers.push(RouteMatch::prefix("/"));
+    let r = Router::with_matchers(matchers.iter().map(|m| (None, m)));
+    let mut headers = HeaderMap::new();
+    headers.insert("x-tenant", HeaderValue::from_static("tenant-99"));
+    headers.insert("x-canary", HeaderValue::from_static("none"));
+    headers.insert("user-agent", HeaderValue::from_static("bench/1.0"));
+    headers.insert("accept", HeaderValue::from_static("*/*"));
+    let method = http::Method::GET;
+    let req = RequestView {
+        path: "/api/v1/users/42",
+        query: Some("variant=x&page=2"),
+        method: &method,
+        headers: &headers,
+    };
+    assert_eq!(r.find_request("any.example.com", &req), Some(99));
+    c.bench_function("router_match_100_routes_with_matchers", |b| {
+        b.iter(|| r.find_request(black_box("any.example.com"), black_box(&req)))
     });
 }
 
@@ -187,5 +244,16 @@ fn metrics(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, router, breaker, limiter, budget, outlier, balance, headers, metrics);
+criterion_group!(
+    benches,
+    router,
+    router_matchers,
+    breaker,
+    limiter,
+    budget,
+    outlier,
+    balance,
+    headers,
+    metrics
+);
 criterion_main!(benches);

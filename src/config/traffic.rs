@@ -44,7 +44,9 @@ pub fn check_target(raw: &RawRoute, name: &str, d: &mut Diagnostics) {
     let targets: Vec<(&str, Range<usize>)> = [
         raw.upstream.as_ref().map(|u| ("upstream", u.span())),
         raw.redirect.as_ref().map(|r| ("redirect", r.span())),
-        raw.direct_response.as_ref().map(|r| ("direct_response", r.span())),
+        raw.direct_response
+            .as_ref()
+            .map(|r| ("direct_response", r.span())),
     ]
     .into_iter()
     .flatten()
@@ -65,9 +67,15 @@ pub fn check_target(raw: &RawRoute, name: &str, d: &mut Diagnostics) {
         for (key, span) in [
             ("retry", raw.retry.as_ref().map(|r| r.span())),
             ("rate_limit", raw.rate_limit.as_ref().map(|r| r.span())),
-            ("request_headers", raw.request_headers.as_ref().map(|r| r.span())),
+            (
+                "request_headers",
+                raw.request_headers.as_ref().map(|r| r.span()),
+            ),
             ("strip_prefix", raw.strip_prefix.as_ref().map(|r| r.span())),
-            ("replace_prefix", raw.replace_prefix.as_ref().map(|r| r.span())),
+            (
+                "replace_prefix",
+                raw.replace_prefix.as_ref().map(|r| r.span()),
+            ),
             ("host_rewrite", raw.host_rewrite.as_ref().map(|r| r.span())),
         ] {
             if let Some(span) = span {
@@ -149,7 +157,10 @@ fn path_match(raw: &RawRoute, path_prefix: &str, d: &mut Diagnostics) -> PathMat
     }
     if let Some(p) = &raw.path {
         if !p.get_ref().starts_with('/') {
-            d.at(p.span(), format!(r#"path "{}" must start with "/""#, p.get_ref()));
+            d.at(
+                p.span(),
+                format!(r#"path "{}" must start with "/""#, p.get_ref()),
+            );
         }
         return PathMatch::Exact(p.get_ref().clone());
     }
@@ -244,7 +255,7 @@ fn rewritable_name(
 
 fn header_rewrite(raw: &RawHeaderRewrite, key: &str, d: &mut Diagnostics) -> HeaderRewrite {
     let templates = |map: &Option<std::collections::BTreeMap<String, Spanned<String>>>,
-                         d: &mut Diagnostics| {
+                     d: &mut Diagnostics| {
         let mut out = Vec::new();
         for (name, value) in map.iter().flatten() {
             let Some(header) = rewritable_name(name, value.span(), key, d) else {
@@ -271,12 +282,18 @@ fn header_rewrite(raw: &RawHeaderRewrite, key: &str, d: &mut Diagnostics) -> Hea
 fn path_rewrite(raw: &RawRoute, d: &mut Diagnostics) -> Option<PathRewrite> {
     let must_be_path = |s: &Spanned<String>, key: &str, d: &mut Diagnostics| {
         if !s.get_ref().starts_with('/') {
-            d.at(s.span(), format!(r#"{key} "{}" must start with "/""#, s.get_ref()));
+            d.at(
+                s.span(),
+                format!(r#"{key} "{}" must start with "/""#, s.get_ref()),
+            );
         }
     };
     match (&raw.strip_prefix, &raw.replace_prefix) {
         (Some(_), Some(r)) => {
-            d.at(r.span(), "strip_prefix and replace_prefix both rewrite the path: keep one");
+            d.at(
+                r.span(),
+                "strip_prefix and replace_prefix both rewrite the path: keep one",
+            );
             None
         }
         (Some(s), None) => {
@@ -305,7 +322,10 @@ fn redirect(
     let scheme = r.scheme.as_ref().and_then(|s| match s.get_ref().as_str() {
         "http" | "https" => Some(s.get_ref().clone()),
         other => {
-            d.at(s.span(), format!(r#"redirect scheme "{other}": write "http" or "https""#));
+            d.at(
+                s.span(),
+                format!(r#"redirect scheme "{other}": write "http" or "https""#),
+            );
             None
         }
     });
@@ -321,7 +341,10 @@ fn redirect(
     let valid_path = |p: &Spanned<String>, key: &str, d: &mut Diagnostics| {
         let ok = p.get_ref().starts_with('/') && HeaderValue::from_str(p.get_ref()).is_ok();
         if !ok {
-            d.at(p.span(), format!(r#"redirect {key} "{}" must start with "/""#, p.get_ref()));
+            d.at(
+                p.span(),
+                format!(r#"redirect {key} "{}" must start with "/""#, p.get_ref()),
+            );
         }
         ok
     };
@@ -330,12 +353,16 @@ fn redirect(
             d.at(p.span(), "a redirect has path or prefix, not both");
             None
         }
-        (Some(p), None) => valid_path(p, "path", d).then(|| RedirectPath::Path(p.get_ref().clone())),
+        (Some(p), None) => {
+            valid_path(p, "path", d).then(|| RedirectPath::Path(p.get_ref().clone()))
+        }
         (None, Some(p)) => match path {
-            PathMatch::Prefix(matched) => valid_path(p, "prefix", d).then(|| RedirectPath::Prefix {
-                matched: matched.clone(),
-                to: p.get_ref().clone(),
-            }),
+            PathMatch::Prefix(matched) => {
+                valid_path(p, "prefix", d).then(|| RedirectPath::Prefix {
+                    matched: matched.clone(),
+                    to: p.get_ref().clone(),
+                })
+            }
             _ => {
                 d.at(p.span(), "redirect prefix replaces the route's path_prefix, and this route matches by path or path_regex: use redirect path");
                 None
@@ -349,7 +376,13 @@ fn redirect(
             StatusCode::from_u16(*s.get_ref()).unwrap_or(StatusCode::MOVED_PERMANENTLY)
         }
         Some(s) => {
-            d.at(s.span(), format!("redirect status {}: write 301, 302, 307 or 308", s.get_ref()));
+            d.at(
+                s.span(),
+                format!(
+                    "redirect status {}: write 301, 302, 307 or 308",
+                    s.get_ref()
+                ),
+            );
             return None;
         }
     };
@@ -369,7 +402,13 @@ fn direct_response(
     let status = match StatusCode::from_u16(*r.status.get_ref()) {
         Ok(s) if (200..=599).contains(&s.as_u16()) => s,
         _ => {
-            d.at(r.status.span(), format!("direct_response status {}: write 200 to 599", r.status.get_ref()));
+            d.at(
+                r.status.span(),
+                format!(
+                    "direct_response status {}: write 200 to 599",
+                    r.status.get_ref()
+                ),
+            );
             return None;
         }
     };
@@ -378,7 +417,13 @@ fn direct_response(
         Some(c) => match HeaderValue::from_str(c.get_ref()) {
             Ok(v) if !c.get_ref().trim().is_empty() => v,
             _ => {
-                d.at(c.span(), format!("direct_response content_type \"{}\" is not a valid header value", c.get_ref()));
+                d.at(
+                    c.span(),
+                    format!(
+                        "direct_response content_type \"{}\" is not a valid header value",
+                        c.get_ref()
+                    ),
+                );
                 return None;
             }
         },
@@ -392,11 +437,7 @@ fn direct_response(
 
 /// Warns (the file still loads) about routes that can never match because a route tried before
 /// them matches every request they would.
-pub fn warn_shadowed(
-    routes: &[super::RouteConfig],
-    spans: &[Range<usize>],
-    d: &Diagnostics,
-) {
+pub fn warn_shadowed(routes: &[super::RouteConfig], spans: &[Range<usize>], d: &Diagnostics) {
     let router = Router::with_matchers(routes.iter().map(|r| (r.host.as_deref(), &r.matcher)));
     for (shadowed, by) in router.shadowed() {
         let (Some(later), Some(earlier), Some(span)) =

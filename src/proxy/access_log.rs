@@ -65,8 +65,14 @@ mod tests {
     #[test]
     fn durations_have_three_fixed_decimals() {
         use std::time::Duration;
-        assert_eq!(super::Millis(Duration::from_nanos(84_048)).to_string(), "0.084");
+        assert_eq!(
+            super::Millis(Duration::from_nanos(84_048)).to_string(),
+            "0.084"
+        );
         assert_eq!(super::Millis(Duration::from_millis(2)).to_string(), "2.000");
-        assert_eq!(super::Millis(Duration::from_micros(12_345_678)).to_string(), "12345.678");
+        assert_eq!(
+            super::Millis(Duration::from_micros(12_345_678)).to_string(),
+            "12345.678"
+        );
     }
 }

@@ -496,7 +496,11 @@ fn rewrite_for_upstream(
             upstream: route.upstream.as_ref().map_or("", |u| &*u.name),
         },
     );
-    if let Some(new_path) = rewrite.path.as_ref().and_then(|p| p.apply(req.uri().path())) {
+    if let Some(new_path) = rewrite
+        .path
+        .as_ref()
+        .and_then(|p| p.apply(req.uri().path()))
+    {
         let uri = std::mem::take(req.uri_mut());
         *req.uri_mut() =
             path::with_path(uri, &new_path).ok_or(ProxyError::BadRequest("malformed path"))?;

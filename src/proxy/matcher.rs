@@ -162,10 +162,7 @@ impl RouteMatch {
                 .headers
                 .iter()
                 .all(|(name, m)| m.matches(req.headers, name))
-            && self
-                .query
-                .iter()
-                .all(|(k, v)| query_has(req.query, k, v))
+            && self.query.iter().all(|(k, v)| query_has(req.query, k, v))
     }
 
     /// Method, header and query conditions: more of them is more specific.
@@ -217,7 +214,10 @@ mod tests {
             path: PathMatch::Regex(Pattern::new("^/v[0-9]+/").unwrap()),
             methods: vec![Method::GET],
             headers: vec![
-                (HeaderName::from_static("x-canary"), HeaderMatch::Exact("1".into())),
+                (
+                    HeaderName::from_static("x-canary"),
+                    HeaderMatch::Exact("1".into()),
+                ),
                 (HeaderName::from_static("x-user"), HeaderMatch::Present),
                 (
                     HeaderName::from_static("x-tier"),

@@ -79,10 +79,12 @@ impl Redirect {
         let path: std::borrow::Cow<'_, str> = match &self.path {
             None => req.path.into(),
             Some(RedirectPath::Path(p)) => p.as_str().into(),
-            Some(RedirectPath::Prefix { matched, to }) => match req.path.strip_prefix(matched.as_str()) {
-                Some(rest) => format!("{to}{rest}").into(),
-                None => req.path.into(),
-            },
+            Some(RedirectPath::Prefix { matched, to }) => {
+                match req.path.strip_prefix(matched.as_str()) {
+                    Some(rest) => format!("{to}{rest}").into(),
+                    None => req.path.into(),
+                }
+            }
         };
         let mut location = format!("{scheme}://{host}{path}");
         if let Some(q) = req.query {
@@ -139,7 +141,10 @@ mod tests {
             https.location(&req("a.example:8080", "/x/y", Some("q=1&r=2"))),
             "https://a.example/x/y?q=1&r=2"
         );
-        assert_eq!(https.location(&req("[::1]:80", "/", None)), "https://[::1]/");
+        assert_eq!(
+            https.location(&req("[::1]:80", "/", None)),
+            "https://[::1]/"
+        );
         let moved = Redirect {
             scheme: None,
             host: Some("new.example".into()),

@@ -102,9 +102,14 @@ impl Template {
                         Part::Text(t) => out.extend_from_slice(t.as_bytes()),
                         Part::Var(Var::ClientIp) => {
                             let mut buf = [0u8; 64];
-                            out.extend_from_slice(super::forward::format_ip(vars.client_ip, &mut buf));
+                            out.extend_from_slice(super::forward::format_ip(
+                                vars.client_ip,
+                                &mut buf,
+                            ));
                         }
-                        Part::Var(Var::RequestId) => out.extend_from_slice(vars.request_id.as_bytes()),
+                        Part::Var(Var::RequestId) => {
+                            out.extend_from_slice(vars.request_id.as_bytes())
+                        }
                         Part::Var(Var::Route) => out.extend_from_slice(vars.route.as_bytes()),
                         Part::Var(Var::Upstream) => out.extend_from_slice(vars.upstream.as_bytes()),
                     }
@@ -215,8 +220,13 @@ mod tests {
         };
         let t = Template::parse("${client_ip} via ${route}/${upstream} #${request_id}$x").unwrap();
         assert_eq!(t.expand(&vars).unwrap(), "10.0.0.1 via api/app #abc$x");
-        assert_eq!(Template::parse("plain").unwrap(), Template::Fixed("plain".parse().unwrap()));
-        assert!(Template::parse("${nope}").unwrap_err().contains("unknown variable ${nope}"));
+        assert_eq!(
+            Template::parse("plain").unwrap(),
+            Template::Fixed("plain".parse().unwrap())
+        );
+        assert!(Template::parse("${nope}")
+            .unwrap_err()
+            .contains("unknown variable ${nope}"));
         assert!(Template::parse("${route").unwrap_err().contains("unclosed"));
         assert!(Template::parse("a\u{1}b").is_err());
     }
@@ -232,8 +242,14 @@ mod tests {
         };
         let rw = HeaderRewrite {
             remove: vec![HeaderName::from_static("x-debug")],
-            set: vec![(HeaderName::from_static("x-env"), Template::parse("prod").unwrap())],
-            add: vec![(HeaderName::from_static("x-env"), Template::parse("${route}").unwrap())],
+            set: vec![(
+                HeaderName::from_static("x-env"),
+                Template::parse("prod").unwrap(),
+            )],
+            add: vec![(
+                HeaderName::from_static("x-env"),
+                Template::parse("${route}").unwrap(),
+            )],
         };
         let mut h = HeaderMap::new();
         h.insert("x-debug", "1".parse().unwrap());

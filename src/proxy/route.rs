@@ -258,8 +258,14 @@ mod tests {
         assert_eq!(r.find_request("h", &get("/api/v2", &none, &post)), Some(3));
         // Same prefix: one condition beats none, equal counts keep file order.
         assert_eq!(r.find_request("h", &get("/api/x", &none, &get_m)), Some(1));
-        assert_eq!(r.find_request("h", &get("/api/x", &canary_headers, &get_m)), Some(1));
-        assert_eq!(r.find_request("h", &get("/api/x", &canary_headers, &post)), Some(2));
+        assert_eq!(
+            r.find_request("h", &get("/api/x", &canary_headers, &get_m)),
+            Some(1)
+        );
+        assert_eq!(
+            r.find_request("h", &get("/api/x", &canary_headers, &post)),
+            Some(2)
+        );
         assert_eq!(r.find_request("h", &get("/api/x", &none, &post)), Some(0));
         assert_eq!(r.find_request("h", &get("/other", &none, &post)), None);
         assert!(r.shadowed().is_empty(), "{:?}", r.shadowed());

@@ -19,6 +19,14 @@ fn is_generated_id(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// A request (method, target, headers) and the route that should answer it.
+type Case = (
+    Method,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    &'static str,
+);
+
 /// Each matcher picks its route; what a route does not match falls to the next one in order.
 #[tokio::test]
 async fn matchers_pick_routes_by_path_regex_method_header_and_query() {
@@ -82,7 +90,7 @@ upstream = "default"
     }
     let proxy = TestProxy::start(&config).await;
     let client = Client::new();
-    let cases: &[(Method, &str, &[(&str, &str)], &str)] = &[
+    let cases: &[Case] = &[
         (Method::GET, "/exact", &[], "exact"),
         (Method::GET, "/exact/more", &[], "default"),
         (Method::GET, "/exact?x=1", &[], "exact"),
@@ -149,7 +157,12 @@ upstream = "both"
     let proxy = TestProxy::start(&config).await;
     let c = Client::new();
     let url = proxy.url("/api/x");
-    assert_eq!(c.request(Method::GET, &url, &[("x-canary", "1")], "").await.text(), "both");
+    assert_eq!(
+        c.request(Method::GET, &url, &[("x-canary", "1")], "")
+            .await
+            .text(),
+        "both"
+    );
     assert_eq!(c.request(Method::GET, &url, &[], "").await.text(), "gets");
     assert_eq!(c.request(Method::DELETE, &url, &[], "").await.text(), "any");
 }
@@ -195,7 +208,10 @@ upstream = "app"
         assert!(!seen.headers.contains_key("x-debug"), "{seen:?}");
         let env: Vec<_> = seen.headers.get_all("x-env").iter().collect();
         assert_eq!(env, ["prod"], "set replaces the client's value");
-        assert_eq!(seen.headers["x-forwarded-proto"], "https", "set wins over levee's own");
+        assert_eq!(
+            seen.headers["x-forwarded-proto"], "https",
+            "set wins over levee's own"
+        );
         assert_eq!(seen.headers["x-client"], "ip=127.0.0.1");
         let tags: Vec<_> = seen.headers.get_all("x-tag").iter().collect();
         assert_eq!(tags, ["client", "api/app"], "add appends");
@@ -247,7 +263,10 @@ burst = 1
     assert!(!r.has_header("server"), "{r:?}");
     assert!(!r.has_header("x-powered-by"), "{r:?}");
     assert_eq!(r.header("x-keep"), Some("yes"));
-    assert_eq!(r.header("strict-transport-security"), Some("max-age=63072000"));
+    assert_eq!(
+        r.header("strict-transport-security"),
+        Some("max-age=63072000")
+    );
     assert_eq!(r.header("x-served-by"), Some("site via app"));
     // The limit's one token is spent: levee's own 429 gets the rewrite and an id too.
     let r = exchange(
@@ -257,7 +276,10 @@ burst = 1
     .await
     .expect("a response");
     assert_eq!(r.status, 429, "{r:?}");
-    assert_eq!(r.header("strict-transport-security"), Some("max-age=63072000"));
+    assert_eq!(
+        r.header("strict-transport-security"),
+        Some("max-age=63072000")
+    );
     assert_eq!(r.header("x-request-id"), Some("mine-429"));
 }
 
@@ -312,16 +334,34 @@ upstream = "app"
         }
     };
     let cases = [
-        ("plain.test:8080", "/a/b?x=1&y=2", 301, "https://plain.test/a/b?x=1&y=2"),
-        ("moved.test", "/old/page?q=1", 308, "http://new.test:8443/new/page?q=1"),
-        ("page.test:8080", "/anything", 302, "http://page.test:8080/maintenance"),
+        (
+            "plain.test:8080",
+            "/a/b?x=1&y=2",
+            301,
+            "https://plain.test/a/b?x=1&y=2",
+        ),
+        (
+            "moved.test",
+            "/old/page?q=1",
+            308,
+            "http://new.test:8443/new/page?q=1",
+        ),
+        (
+            "page.test:8080",
+            "/anything",
+            302,
+            "http://page.test:8080/maintenance",
+        ),
         ("temp.test", "/t?", 307, "https://elsewhere.test/t?"),
     ];
     for (host, target, status, location) in cases {
         let r = ask(host, target).await;
         assert_eq!(r.status, status, "{host}{target}: {r:?}");
         assert_eq!(r.header("location"), Some(location), "{host}{target}");
-        assert!(r.header("x-request-id").is_some_and(is_generated_id), "{r:?}");
+        assert!(
+            r.header("x-request-id").is_some_and(is_generated_id),
+            "{r:?}"
+        );
         assert!(!r.has_header("x-levee-error"), "{r:?}");
     }
     let r = ask("down.test", "/x").await;
@@ -329,7 +369,10 @@ upstream = "app"
     assert_eq!(r.body, b"down for maintenance");
     assert_eq!(r.header("content-type"), Some("text/html"));
     assert!(!r.has_header("x-levee-error"), "{r:?}");
-    assert!(r.header("x-request-id").is_some_and(is_generated_id), "{r:?}");
+    assert!(
+        r.header("x-request-id").is_some_and(is_generated_id),
+        "{r:?}"
+    );
     assert_eq!(origin.hits(), 0, "no request reached an upstream");
     // The routes beside them still proxy.
     assert_eq!(ask("app.test", "/").await.status, 200);
@@ -367,9 +410,16 @@ open_duration = "10m"
     let r = client.get(&proxy.url("/")).await;
     let made = r.headers["x-request-id"].to_str().unwrap().to_string();
     assert!(is_generated_id(&made), "{made}");
-    assert_eq!(origin.last().unwrap().headers["x-request-id"], made.as_str());
+    assert_eq!(
+        origin.last().unwrap().headers["x-request-id"],
+        made.as_str()
+    );
     let again = client.get(&proxy.url("/")).await;
-    assert_ne!(again.headers["x-request-id"], made.as_str(), "ids are unique");
+    assert_ne!(
+        again.headers["x-request-id"],
+        made.as_str(),
+        "ids are unique"
+    );
 
     let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
     let tracestate = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7";
@@ -404,18 +454,32 @@ open_duration = "10m"
 
     // levee's own answers: 502, then the breaker's 503, then no route's 404.
     let r = client
-        .request(Method::GET, &proxy.url("/dead"), &[("x-request-id", "r-502")], "")
+        .request(
+            Method::GET,
+            &proxy.url("/dead"),
+            &[("x-request-id", "r-502")],
+            "",
+        )
         .await;
     assert_eq!(r.status, 502, "{r:?}");
     assert_eq!(r.headers["x-request-id"], "r-502");
-    eventually("the dead upstream's breaker opens", Duration::from_secs(10), || {
-        let c = client.clone();
-        let url = proxy.url("/dead");
-        async move { c.get(&url).await.error_kind() == "circuit_open" }
-    })
+    eventually(
+        "the dead upstream's breaker opens",
+        Duration::from_secs(10),
+        || {
+            let c = client.clone();
+            let url = proxy.url("/dead");
+            async move { c.get(&url).await.error_kind() == "circuit_open" }
+        },
+    )
     .await;
     let r = client
-        .request(Method::GET, &proxy.url("/dead"), &[("x-request-id", "r-503")], "")
+        .request(
+            Method::GET,
+            &proxy.url("/dead"),
+            &[("x-request-id", "r-503")],
+            "",
+        )
         .await;
     assert_eq!(r.status, 503, "{r:?}");
     assert_eq!(r.headers["x-request-id"], "r-503");
@@ -539,12 +603,21 @@ endpoints = ["127.0.0.1:9"]
 "#;
     let (code, stderr, file) = check(text);
     assert_eq!(code, 0, "a warning, not an error: {stderr}");
-    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("can never match")).collect();
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("can never match"))
+        .collect();
     assert_eq!(warnings.len(), 1, "{stderr}");
     let w = warnings[0];
-    assert!(w.contains(&format!("{file}:11:8:")), "position of \"gets\": {w}");
+    assert!(
+        w.contains(&format!("{file}:11:8:")),
+        "position of \"gets\": {w}"
+    );
     assert!(w.contains("route \"gets\" (route #2)"), "{w}");
-    assert!(w.contains("route \"reads\" (route #1, path_prefix \"/api\")"), "{w}");
+    assert!(
+        w.contains("route \"reads\" (route #1, path_prefix \"/api\")"),
+        "{w}"
+    );
 }
 
 #[test]
