@@ -135,10 +135,10 @@ pub struct RouteConfig {
     /// `None` on routes that answer themselves (`answer`).
     pub upstream: Option<String>,
     /// The path and the method, header and query conditions the router matches.
-    pub matcher: crate::proxy::matcher::RouteMatch,
-    pub rewrite: crate::proxy::rewrite::RouteRewrite,
+    pub matcher: crate::traffic::matcher::RouteMatch,
+    pub rewrite: crate::traffic::rewrite::RouteRewrite,
     /// `redirect` or `direct_response`: answered by levee, no upstream.
-    pub answer: Option<crate::proxy::redirect::LocalAnswer>,
+    pub answer: Option<crate::traffic::redirect::LocalAnswer>,
     pub timeout: Duration,
     pub max_body: Option<u64>,
     pub retry: Option<RetryConfig>,

@@ -5,10 +5,9 @@
 
 use super::diagnostics::Diagnostics;
 use super::raw::{RawHeaderRewrite, RawRoute};
-use crate::proxy::matcher::{HeaderMatch, PathMatch, Pattern, RouteMatch};
-use crate::proxy::redirect::{DirectResponse, LocalAnswer, Redirect, RedirectPath};
-use crate::proxy::rewrite::{HeaderRewrite, PathRewrite, RouteRewrite, Template, FORBIDDEN};
-use crate::proxy::route::Router;
+use crate::traffic::matcher::{HeaderMatch, PathMatch, Pattern, RouteMatch};
+use crate::traffic::redirect::{DirectResponse, LocalAnswer, Redirect, RedirectPath};
+use crate::traffic::rewrite::{HeaderRewrite, PathRewrite, RouteRewrite, Template, FORBIDDEN};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use std::ops::Range;
 use toml::Spanned;
@@ -117,7 +116,7 @@ pub fn traffic(raw: &RawRoute, path_prefix: &str, d: &mut Diagnostics) -> Traffi
         host: raw.host_rewrite.as_ref().and_then(|h| {
             let v = h.get_ref().trim();
             let valid = !v.is_empty()
-                && crate::proxy::route::normalize_host(v).is_some()
+                && is_host(v)
                 && !v.contains(['/', '?', '#']);
             match HeaderValue::from_str(v) {
                 Ok(value) if valid => Some(value),
@@ -331,7 +330,7 @@ fn redirect(
     });
     let host = r.host.as_ref().and_then(|h| {
         let v = h.get_ref().trim();
-        if v.is_empty() || crate::proxy::route::normalize_host(v).is_none() || v.contains(['/', '?', '#']) {
+        if v.is_empty() || !is_host(v) || v.contains(['/', '?', '#']) {
             d.at(h.span(), format!(r#"redirect host "{}" is not a host: write "example.com" or "example.com:8443""#, h.get_ref()));
             None
         } else {
@@ -438,8 +437,9 @@ fn direct_response(
 /// Warns (the file still loads) about routes that can never match because a route tried before
 /// them matches every request they would.
 pub fn warn_shadowed(routes: &[super::RouteConfig], spans: &[Range<usize>], d: &Diagnostics) {
-    let router = Router::with_matchers(routes.iter().map(|r| (r.host.as_deref(), &r.matcher)));
-    for (shadowed, by) in router.shadowed() {
+    let pairs =
+        crate::traffic::shadow::shadowed(routes.iter().map(|r| (r.host.as_deref(), &r.matcher)));
+    for (shadowed, by) in pairs {
         let (Some(later), Some(earlier), Some(span)) =
             (routes.get(shadowed), routes.get(by), spans.get(shadowed))
         else {
@@ -455,4 +455,12 @@ pub fn warn_shadowed(routes: &[super::RouteConfig], spans: &[Range<usize>], d: &
             earlier.matcher.path.describe(),
         );
     }
+}
+
+/// `name` or `name:port` (or `[v6]:port`), as a Host header may carry it: an authority without
+/// userinfo, path or whitespace.
+fn is_host(v: &str) -> bool {
+    !v.contains(['@', '/', '?', '#', ' ', '\t'])
+        && v.parse::<http::uri::Authority>()
+            .is_ok_and(|a| !a.host().is_empty())
 }

@@ -7,17 +7,17 @@ use super::call::Call;
 use super::forward::{self, Peer};
 use super::framing::FramingAudit;
 use super::grpc;
-use super::matcher::RequestView;
 use super::path;
-use super::redirect::Requested;
 use super::request_id::{self, X_REQUEST_ID};
-use super::rewrite::Vars;
 use super::route::normalize_host;
 use crate::error::ProxyError;
 use crate::metrics::status_class;
 use crate::park::rewind::Rewind;
 use crate::park::{ConnActivity, Upgraded};
 use crate::snapshot::{ListenerRuntime, Route};
+use crate::traffic::matcher::RequestView;
+use crate::traffic::redirect::Requested;
+use crate::traffic::rewrite::Vars;
 use crate::worker::{Worker, WorkerRoute, WorkerSnapshot};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -349,6 +349,7 @@ fn proxy<'a>(
                 path: req.uri().path(),
                 query: req.uri().query(),
             })
+            .map(ResponseBody::full)
         });
         return Routed::Done((answer.ok_or(ProxyError::NoRoute), Some(route), None, host));
     };

@@ -1,18 +1,18 @@
 //! The router, compiled once per config: a hash lookup for exact hosts, wildcard suffixes from
 //! longest to shortest, then the host-less routes; within a host, the first route in
-//! `super::matcher`'s order whose path and conditions match (exact `path`, then `path_regex`, then
+//! `crate::traffic::matcher`'s order whose path and conditions match (exact `path`, then `path_regex`, then
 //! the longest `path_prefix`; more conditions first).
 //!
 //! Like nginx's `server_name` and Envoy's virtual hosts, the host picks a table first and the path
 //! is matched only inside it: a request for `api.example.com` never falls through to the routes of
 //! another host because its path matched nothing.
 
-use super::matcher::{PathMatch, RequestView, RouteMatch};
+use crate::traffic::matcher::{RequestView, RouteMatch};
 use http::{HeaderMap, Method};
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-/// Routes for one host, in the order they are tried (`super::matcher` states it).
+/// Routes for one host, in the order they are tried (`crate::traffic::matcher` states it).
 #[derive(Debug, Default, Clone)]
 struct PathTable {
     entries: Vec<(RouteMatch, usize)>,
@@ -21,20 +21,7 @@ struct PathTable {
 impl PathTable {
     fn insert(&mut self, matcher: &RouteMatch, route: usize) {
         self.entries.push((matcher.clone(), route));
-        // Stable: equal ranks stay in file order.
-        self.entries.sort_by_key(|(m, r)| {
-            let (class, len) = match &m.path {
-                PathMatch::Exact(_) => (0, 0),
-                PathMatch::Regex(_) => (1, 0),
-                PathMatch::Prefix(p) => (2, p.len()),
-            };
-            (
-                class,
-                std::cmp::Reverse(len),
-                std::cmp::Reverse(m.condition_count()),
-                *r,
-            )
-        });
+        self.entries.sort_by_key(|(m, r)| m.rank(*r));
     }
 
     fn find(&self, req: &RequestView<'_>) -> Option<usize> {
@@ -42,15 +29,6 @@ impl PathTable {
             .iter()
             .find(|(m, _)| m.matches(req))
             .map(|(_, r)| *r)
-    }
-
-    /// `(shadowed, by)`: a route tried after another that matches every request it matches.
-    fn shadowed(&self, out: &mut Vec<(usize, usize)>) {
-        for (i, (later, route)) in self.entries.iter().enumerate() {
-            if let Some((_, by)) = self.entries[..i].iter().find(|(m, _)| m.covers(later)) {
-                out.push((*route, *by));
-            }
-        }
     }
 }
 
@@ -133,22 +111,6 @@ impl Router {
         }
         self.any.as_ref()
     }
-
-    /// Routes that can never match, as `(shadowed, by)` route indexes, sorted: each is tried
-    /// after a route of the same host that matches every request it would.
-    pub fn shadowed(&self) -> Vec<(usize, usize)> {
-        let mut out = Vec::new();
-        for t in self
-            .exact
-            .values()
-            .chain(self.wildcard.iter().map(|(_, t)| t))
-            .chain(self.any.iter())
-        {
-            t.shadowed(&mut out);
-        }
-        out.sort_unstable();
-        out
-    }
 }
 
 /// Lowercase host without port, from a `Host` header or URI authority; `None` when malformed.
@@ -224,7 +186,7 @@ mod tests {
 
     #[test]
     fn exact_then_regex_then_prefix_and_more_conditions_first() {
-        use crate::proxy::matcher::{HeaderMatch, Pattern};
+        use crate::traffic::matcher::{HeaderMatch, PathMatch, Pattern};
         let canary = RouteMatch {
             headers: vec![(
                 http::HeaderName::from_static("x-canary"),
@@ -268,25 +230,6 @@ mod tests {
         );
         assert_eq!(r.find_request("h", &get("/api/x", &none, &post)), Some(0));
         assert_eq!(r.find_request("h", &get("/other", &none, &post)), None);
-        assert!(r.shadowed().is_empty(), "{:?}", r.shadowed());
-    }
-
-    #[test]
-    fn shadowed_routes_are_named_with_their_shadow() {
-        let get_head = RouteMatch {
-            methods: vec![Method::GET, Method::HEAD],
-            ..RouteMatch::prefix("/a")
-        };
-        let get = RouteMatch {
-            methods: vec![Method::GET],
-            ..RouteMatch::prefix("/a")
-        };
-        let matchers = [get_head, get.clone(), RouteMatch::prefix("/b"), get];
-        let hosts = [None, None, Some("x.example"), Some("x.example")];
-        let r = Router::with_matchers(hosts.iter().copied().zip(matchers.iter()));
-        // Route 1 is tried after route 0 (same rank, file order), which takes all its requests;
-        // route 3 lives in another host's table, where nothing shadows it.
-        assert_eq!(r.shadowed(), vec![(1, 0)]);
     }
 
     #[test]

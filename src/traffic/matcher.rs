@@ -165,6 +165,23 @@ impl RouteMatch {
             && self.query.iter().all(|(k, v)| query_has(req.query, k, v))
     }
 
+    /// The order routes of one host are tried in, lowest first; `index` is the route's place in
+    /// the file. Exact paths, then regexes, then prefixes longest first; more conditions first;
+    /// then file order.
+    pub fn rank(&self, index: usize) -> impl Ord {
+        let (class, len) = match &self.path {
+            PathMatch::Exact(_) => (0, 0),
+            PathMatch::Regex(_) => (1, 0),
+            PathMatch::Prefix(p) => (2, p.len()),
+        };
+        (
+            class,
+            std::cmp::Reverse(len),
+            std::cmp::Reverse(self.condition_count()),
+            index,
+        )
+    }
+
     /// Method, header and query conditions: more of them is more specific.
     pub fn condition_count(&self) -> usize {
         usize::from(!self.methods.is_empty()) + self.headers.len() + self.query.len()

@@ -2,7 +2,6 @@
 //! and path, the request's query kept) and `direct_response` (a fixed status, body and type: a
 //! maintenance page without a backend).
 
-use super::body::ResponseBody;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
@@ -50,11 +49,11 @@ pub struct Requested<'a> {
 }
 
 impl LocalAnswer {
-    pub fn respond(&self, req: &Requested<'_>) -> Response<ResponseBody> {
+    pub fn respond(&self, req: &Requested<'_>) -> Response<Bytes> {
         match self {
             LocalAnswer::Redirect(r) => r.respond(req),
             LocalAnswer::Direct(d) => {
-                let mut resp = Response::new(ResponseBody::full(d.body.clone()));
+                let mut resp = Response::new(d.body.clone());
                 *resp.status_mut() = d.status;
                 resp.headers_mut()
                     .insert(header::CONTENT_TYPE, d.content_type.clone());
@@ -94,8 +93,8 @@ impl Redirect {
         location
     }
 
-    fn respond(&self, req: &Requested<'_>) -> Response<ResponseBody> {
-        let mut resp = Response::new(ResponseBody::empty());
+    fn respond(&self, req: &Requested<'_>) -> Response<Bytes> {
+        let mut resp = Response::new(Bytes::new());
         *resp.status_mut() = self.status;
         // Built from a validated config and a request line hyper accepted: always valid, but
         // a refused value answers without Location rather than panicking.

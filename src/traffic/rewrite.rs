@@ -101,11 +101,9 @@ impl Template {
                     match p {
                         Part::Text(t) => out.extend_from_slice(t.as_bytes()),
                         Part::Var(Var::ClientIp) => {
-                            let mut buf = [0u8; 64];
-                            out.extend_from_slice(super::forward::format_ip(
-                                vars.client_ip,
-                                &mut buf,
-                            ));
+                            use std::io::Write;
+                            // Writing to a Vec cannot fail.
+                            let _ = write!(out, "{}", vars.client_ip);
                         }
                         Part::Var(Var::RequestId) => {
                             out.extend_from_slice(vars.request_id.as_bytes())
