@@ -2,7 +2,7 @@
 //! status, `x-levee-error` kind and extra headers come from exhaustive matches below, so adding a
 //! variant without deciding how it looks to a client does not compile.
 
-use crate::proxy::body::ResponseBody;
+use crate::body::ResponseBody;
 use http::{header, HeaderValue, Response, StatusCode};
 use std::time::Duration;
 
@@ -135,27 +135,6 @@ impl ProxyError {
     /// tripping on it would turn one oversized answer into an outage.
     pub fn is_upstream_failure(&self) -> bool {
         self.side() == Side::Upstream && !matches!(self, ProxyError::UpstreamProtocol(_))
-    }
-
-    /// Whether another try could succeed without the first having had side effects upstream.
-    /// A connect failure never reached the upstream; a reset or timeout may have, so those are
-    /// retried only for idempotent requests (the retry layer checks the method).
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            ProxyError::UpstreamConnect(_)
-            | ProxyError::UpstreamReset(_)
-            | ProxyError::UpstreamTimeout
-            | ProxyError::NoHealthyEndpoint { .. }
-            | ProxyError::Overloaded => true,
-            ProxyError::NoRoute
-            | ProxyError::MethodNotAllowed
-            | ProxyError::BadRequest(_)
-            | ProxyError::HeadersTooLarge
-            | ProxyError::BodyTooLarge
-            | ProxyError::RateLimited { .. }
-            | ProxyError::CircuitOpen { .. }
-            | ProxyError::UpstreamProtocol(_) => false,
-        }
     }
 
     fn retry_after(&self) -> Option<Duration> {

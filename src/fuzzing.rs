@@ -307,7 +307,7 @@ pub fn headers(data: &[u8]) {
 
     forward::add_forwarding_headers(&mut headers, &peer, &host, version);
     let mut buf = [0u8; 64];
-    let ip_text = forward::format_ip(ip, &mut buf).to_vec();
+    let ip_text = crate::call::format_ip(ip, &mut buf).to_vec();
     let xff = headers
         .get_all("x-forwarded-for")
         .iter()

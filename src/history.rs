@@ -10,7 +10,7 @@
 //! The clock is the wall clock (`SystemTime`): the history is for display only, and a wall-clock
 //! step merely misplaces a few seconds of it.
 
-use crate::worker::Sharded;
+use crate::shard::Sharded;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -3,24 +3,29 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod body;
+pub mod call;
 pub mod cli_docs;
 pub mod config;
+pub mod conn;
 pub mod deadline;
 pub mod demo;
 pub mod error;
 pub mod fuzzing;
+pub mod grpc;
 pub mod history;
 pub mod layers;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod metrics_sharded;
-pub mod park;
 pub mod proxy;
 pub mod redis;
+pub mod rewind;
 pub mod runtime;
 pub mod send_timeout;
 pub mod server;
+pub mod shard;
 pub mod shared;
 pub mod snapshot;
 pub mod status;

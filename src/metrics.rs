@@ -85,7 +85,7 @@ pub struct Metrics {
     pub reloads: Family<ResultLabel, Counter>,
     pub config_version: Gauge,
     pub connections: ShardedGauge,
-    /// Idle HTTP/1 connections parked now (`crate::park`); also counted in `connections`.
+    /// Idle HTTP/1 connections parked now (`crate::server::park`); also counted in `connections`.
     pub parked: Gauge,
     /// Times an idle HTTP/1 connection's hyper connection was ended to park it.
     pub parks: Counter,
@@ -333,13 +333,6 @@ impl UpstreamMetrics {
             upstream: upstream.to_string(),
             endpoint: e.clone(),
         };
-        for (from, to) in crate::layers::breaker::state::StateKind::TRANSITIONS {
-            drop(m.circuit_transitions.get_or_create(&TransitionLabels {
-                upstream: upstream.to_string(),
-                from: from.as_str(),
-                to: to.as_str(),
-            }));
-        }
         UpstreamMetrics {
             name: upstream.to_string(),
             duration: m.upstream_duration.get_or_create(&label).clone(),

@@ -1,10 +1,10 @@
-//! Counters, gauges and histograms with one shard per worker (`crate::worker::Sharded`), summed
+//! Counters, gauges and histograms with one shard per worker (`crate::shard::Sharded`), summed
 //! when scraped. The request path writes only its own worker's cache lines: with prometheus-client's
 //! own types every request on every core wrote the same atomic (counters, gauges) or took the same
 //! write lock (a histogram's `RwLock`), and those lines bounced between cores on every request.
 //! The exposition is unchanged: these encode as the counter, gauge or histogram they replace.
 
-use crate::worker::Sharded;
+use crate::shard::Sharded;
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -216,14 +216,14 @@ mod tests {
     /// Every worker's shard counts: a sum over threads that each wrote their own.
     #[test]
     fn sums_the_shards_of_every_worker() {
-        crate::worker::reserve_shards(3);
+        crate::shard::reserve_shards(3);
         let c = ShardedCounter::default();
         let h = ShardedHistogram::new([1.0]);
         std::thread::scope(|s| {
             for i in 1..=3 {
                 let (c, h) = (c.clone(), h.clone());
                 s.spawn(move || {
-                    crate::worker::set_current_for_test(i);
+                    crate::shard::set_current(i);
                     for _ in 0..1000 {
                         c.inc();
                         h.observe(0.5);

@@ -6,7 +6,6 @@
 //! [`OPEN_FOR`] (costing nothing), then lets one call through to probe it. Transitions are logged
 //! once each and counted in metrics; `/status` shows the state and the last error.
 
-use crate::config::RedisConfig;
 use crate::metrics::{Metrics, ModeLabel};
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
@@ -431,6 +430,53 @@ impl Redis {
             "timeout_ms": self.config.timeout.as_millis() as u64,
             "pool_size": self.config.pool_size,
         })
+    }
+}
+
+/// What a global limit does while Redis cannot answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnRedisError {
+    /// Let every request through.
+    Allow,
+    /// Refuse with 429.
+    Deny,
+    /// Limit on this instance alone at `rps / instances` (allow when `instances` is unset).
+    Local,
+}
+
+impl OnRedisError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnRedisError::Allow => "allow",
+            OnRedisError::Deny => "deny",
+            OnRedisError::Local => "local",
+        }
+    }
+}
+
+/// `[redis]`: where global rate limits keep their state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisConfig {
+    /// `redis://[:password@]host:port[/db]` or `rediss://` for TLS.
+    pub url: String,
+    /// Bound on every Redis call, connecting included.
+    pub timeout: Duration,
+    /// Multiplexed connections, used round robin.
+    pub pool_size: u32,
+    pub on_redis_error: OnRedisError,
+    /// How many levee instances share the limits; sizes leases and the local fallback.
+    pub instances: Option<u32>,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            timeout: Duration::from_millis(20),
+            pool_size: 1,
+            on_redis_error: OnRedisError::Local,
+            instances: None,
+        }
     }
 }
 

@@ -11,9 +11,12 @@ use crate::metrics::{Metrics, RouteMetrics};
 use crate::proxy::route::Router;
 use crate::redis::Redis;
 use crate::upstream::Upstream;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 /// A route ready to serve.
 pub struct Route {
@@ -170,8 +173,8 @@ impl Snapshot {
                 Arc::new(ListenerRuntime {
                     config: l.clone(),
                     tls,
-                    builder: crate::server::http_builder(l),
-                    http1: crate::server::http1_builder(l),
+                    builder: http_builder(l),
+                    http1: http1_builder(l),
                 }),
             );
         }
@@ -203,4 +206,42 @@ impl Snapshot {
             }
         }
     }
+}
+
+/// A listener's HTTP/1 settings, applied alike to hyper's HTTP/1 builder and to the auto
+/// builder's HTTP/1 half (two types with the same setters).
+macro_rules! http1_settings {
+    ($builder:expr, $cfg:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            .header_read_timeout($cfg.header_read_timeout)
+            .max_headers($cfg.max_headers)
+            // hyper refuses header sections beyond its buffer with its own 431; levee's own
+            // check (with `x-levee-error`) runs below this ceiling.
+            .max_buf_size(($cfg.max_header_bytes * 2).max(16 * 1024))
+    };
+}
+
+/// The HTTP server settings of a listener (HTTP/1 and HTTP/2), built once per snapshot.
+pub fn http_builder(cfg: &ListenerConfig) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    http1_settings!(b.http1(), cfg);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(cfg.http2_max_concurrent_streams)
+        // A client that does not read holds at most this much per stream (hyper's default is
+        // 400 KB; with the window it made ~0.5 MB per stream), and may send no more ahead.
+        .max_send_buf_size(cfg.http2_stream_buffer as usize)
+        .initial_stream_window_size(cfg.http2_stream_buffer)
+        .max_header_list_size(u32::try_from(cfg.max_header_bytes * 2).unwrap_or(u32::MAX))
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
+    b
+}
+
+/// The HTTP/1 settings of a listener for plaintext HTTP/1 connections, built once per snapshot.
+pub fn http1_builder(cfg: &ListenerConfig) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    http1_settings!(b, cfg);
+    b
 }

@@ -1,14 +1,13 @@
 //! rustls configuration: the listener side (several certificates picked by SNI, ALPN h2 and
 //! http/1.1, TLS 1.2+) and the upstream side (webpki roots or a CA file, optional skip-verify).
 
-use crate::config::{ListenerTls, UpstreamConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -225,13 +224,15 @@ pub fn server_config(tls: &ListenerTls) -> Result<Arc<rustls::ServerConfig>, Str
 }
 
 /// The rustls client config for an upstream: webpki roots, or only the configured CA.
-pub fn upstream_client_config(u: &UpstreamConfig) -> Result<rustls::ClientConfig, String> {
+pub fn upstream_client_config(
+    name: &str,
+    tls: Option<&UpstreamTls>,
+) -> Result<rustls::ClientConfig, String> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| e.to_string())?;
-    let tls = u.tls.as_ref();
     if tls.is_some_and(|t| t.insecure_skip_verify) {
-        tracing::warn!(upstream = %u.name, "insecure_skip_verify: upstream TLS certificates are NOT verified");
+        tracing::warn!(upstream = %name, "insecure_skip_verify: upstream TLS certificates are NOT verified");
         return Ok(builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerify(provider())))
@@ -303,4 +304,24 @@ impl ServerCertVerifier for NoVerify {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
+}
+
+// The TLS settings of listeners and upstreams; `config` parses and validates them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerTls {
+    pub certificates: Vec<CertificateConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertificateConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub server_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamTls {
+    pub ca: Option<PathBuf>,
+    pub server_name: Option<String>,
+    pub insecure_skip_verify: bool,
 }

@@ -20,12 +20,11 @@
 
 use crate::metrics::RouteMetrics;
 use crate::proxy::stack::{self, RouteStack};
+pub use crate::shard::{current, reserve_shards, shard_count};
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
 use crate::upstream::WorkerUpstream;
 use arc_swap::ArcSwap;
-use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::runtime::Handle;
@@ -55,31 +54,6 @@ impl Workers {
             Workers::Threads(n) => n.max(1),
         }
     }
-}
-
-thread_local! {
-    /// This thread's worker number: 1..=N on worker threads, 0 elsewhere (inline, control).
-    static INDEX: Cell<usize> = const { Cell::new(0) };
-}
-
-/// Shards of per-worker state the process needs: the most workers any levee in it started,
-/// plus one for the control runtime. Only grows.
-static SHARDS: AtomicUsize = AtomicUsize::new(1);
-
-/// The shard of the calling thread: its worker number (0 outside worker threads).
-#[inline]
-pub fn current() -> usize {
-    INDEX.with(|i| i.get())
-}
-
-/// How many shards per-worker state has (see [`SHARDS`]); at least 1.
-pub fn shard_count() -> usize {
-    SHARDS.load(Ordering::Relaxed)
-}
-
-/// Makes room for `workers` worker threads in shards built from now on.
-pub fn reserve_shards(workers: usize) {
-    SHARDS.fetch_max(workers + 1, Ordering::Relaxed);
 }
 
 /// The snapshot as one worker holds it, with the worker's own route stacks. A request takes a
@@ -117,13 +91,7 @@ impl WorkerSnapshot {
                     .unwrap_or_else(|| Arc::new(WorkerUpstream(route_upstream.clone())));
                 let metrics = Arc::new(RouteMetrics::clone(&r.metrics));
                 Some(WorkerRoute {
-                    stack: stack::build(
-                        &upstream,
-                        r.config.timeout,
-                        r.limiter.as_ref(),
-                        r.retry.as_ref(),
-                        &metrics,
-                    ),
+                    stack: stack::build(&upstream, r.limiter.as_ref(), r.retry.as_ref(), &metrics),
                     upstream,
                 })
             })
@@ -194,7 +162,7 @@ pub fn start(shared: &Arc<Shared>, workers: Workers) -> std::io::Result<Vec<Work
             _stop: None,
         }]),
         Workers::Threads(n) => {
-            reserve_shards(n);
+            crate::shard::reserve_shards(n);
             (1..=n).map(|i| spawn_thread(i, shared)).collect()
         }
     }
@@ -206,7 +174,7 @@ fn spawn_thread(index: usize, shared: &Arc<Shared>) -> std::io::Result<WorkerRun
     std::thread::Builder::new()
         .name(format!("levee-worker-{index}"))
         .spawn(move || {
-            INDEX.with(|i| i.set(index));
+            crate::shard::set_current(index);
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -244,54 +212,4 @@ pub async fn keep_timer_wheel_armed() {
     loop {
         tick.tick().await;
     }
-}
-
-/// Pads a per-worker value to its own cache lines (128 bytes: two 64-byte lines, since adjacent
-/// line prefetch pairs them on x86), so that one worker writing its shard never invalidates the
-/// line another worker's shard is on. Written here rather than taken from crossbeam-utils, which
-/// levee does not otherwise depend on, for one `repr(align)`.
-#[derive(Debug, Default)]
-#[repr(align(128))]
-pub struct Padded<T>(pub T);
-
-impl<T> std::ops::Deref for Padded<T> {
-    type Target = T;
-
-    fn deref(&self) -> &T {
-        &self.0
-    }
-}
-
-/// One value per worker shard ([`current`]), each on its own cache lines.
-#[derive(Debug)]
-pub struct Sharded<T>(Box<[Padded<T>]>);
-
-impl<T: Default> Default for Sharded<T> {
-    fn default() -> Self {
-        Sharded((0..shard_count()).map(|_| Padded(T::default())).collect())
-    }
-}
-
-impl<T> Sharded<T> {
-    pub fn new(mut make: impl FnMut() -> T) -> Self {
-        Sharded((0..shard_count()).map(|_| Padded(make())).collect())
-    }
-
-    /// The calling worker's shard (a shard built before more workers started is shared).
-    #[inline]
-    pub fn local(&self) -> &T {
-        let i = current();
-        // `len` is at least 1: `shard_count` is.
-        &self.0[i % self.0.len().max(1)]
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &T> {
-        self.0.iter().map(|p| &p.0)
-    }
-}
-
-/// Makes the calling thread count as worker `index` (tests of sharded state).
-#[cfg(test)]
-pub(crate) fn set_current_for_test(index: usize) {
-    INDEX.with(|i| i.set(index));
 }

@@ -3,8 +3,11 @@
 
 use crate::layers::breaker::state::BreakerSettings;
 use crate::layers::outlier::ejection::OutlierSettings;
+pub use crate::layers::rate_limit::{RateLimitConfig, RateLimitKey, RateLimitScope};
+pub use crate::layers::retry::{RetryConfig, RetryOn};
+pub use crate::redis::{OnRedisError, RedisConfig};
+pub use crate::tls::{CertificateConfig, ListenerTls, UpstreamTls};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// A complete, valid configuration.
@@ -61,18 +64,6 @@ pub struct ListenerConfig {
     /// (`crate::proxy::path`).
     pub normalize_path: bool,
     pub tls: Option<ListenerTls>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ListenerTls {
-    pub certificates: Vec<CertificateConfig>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct CertificateConfig {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub server_names: Vec<String>,
 }
 
 /// An IP network in CIDR notation, for `trusted_proxies`.
@@ -147,108 +138,6 @@ pub struct RouteConfig {
     pub tunnel_idle_timeout: Duration,
 }
 
-/// Which failures a retry may follow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct RetryOn {
-    pub connect_failure: bool,
-    pub reset: bool,
-    pub gateway_error: bool,
-    pub retriable_status: bool,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct RetryConfig {
-    /// Total tries including the first.
-    pub attempts: u32,
-    pub per_try_timeout: Option<Duration>,
-    pub backoff_base: Duration,
-    pub backoff_max: Duration,
-    pub budget_ratio: f64,
-    pub budget_min_per_sec: u32,
-    pub on: RetryOn,
-    pub retriable_statuses: Vec<u16>,
-    pub max_retry_body: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RateLimitKey {
-    Global,
-    ClientIp,
-    Header(http::HeaderName),
-}
-
-impl RateLimitKey {
-    pub fn describe(&self) -> String {
-        match self {
-            RateLimitKey::Global => "global".into(),
-            RateLimitKey::ClientIp => "client_ip".into(),
-            RateLimitKey::Header(h) => format!("header:{h}"),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RateLimitScope {
-    Local,
-    Global,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct RateLimitConfig {
-    pub rps: f64,
-    pub burst: u32,
-    pub key: RateLimitKey,
-    pub scope: RateLimitScope,
-    pub max_keys: usize,
-}
-
-/// What a global limit does while Redis cannot answer in time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnRedisError {
-    /// Let every request through.
-    Allow,
-    /// Refuse with 429.
-    Deny,
-    /// Limit on this instance alone at `rps / instances` (allow when `instances` is unset).
-    Local,
-}
-
-impl OnRedisError {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OnRedisError::Allow => "allow",
-            OnRedisError::Deny => "deny",
-            OnRedisError::Local => "local",
-        }
-    }
-}
-
-/// `[redis]`: where global rate limits keep their state.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RedisConfig {
-    /// `redis://[:password@]host:port[/db]` or `rediss://` for TLS.
-    pub url: String,
-    /// Bound on every Redis call, connecting included.
-    pub timeout: Duration,
-    /// Multiplexed connections, used round robin.
-    pub pool_size: u32,
-    pub on_redis_error: OnRedisError,
-    /// How many levee instances share the limits; sizes leases and the local fallback.
-    pub instances: Option<u32>,
-}
-
-impl Default for RedisConfig {
-    fn default() -> Self {
-        RedisConfig {
-            url: "redis://127.0.0.1:6379".into(),
-            timeout: Duration::from_millis(20),
-            pool_size: 1,
-            on_redis_error: OnRedisError::Local,
-            instances: None,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Balance {
     P2c,
@@ -259,13 +148,6 @@ pub enum Balance {
 pub enum UpstreamProtocol {
     Http1,
     H2,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct UpstreamTls {
-    pub ca: Option<PathBuf>,
-    pub server_name: Option<String>,
-    pub insecure_skip_verify: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -298,7 +180,7 @@ pub struct BreakerConfig {
     pub failure_statuses: Vec<(u16, u16)>,
     /// `grpc-status` codes of a gRPC response (in its headers or trailers) that count as
     /// failures; default DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE.
-    pub failure_grpc_statuses: crate::proxy::grpc::GrpcStatusSet,
+    pub failure_grpc_statuses: crate::grpc::GrpcStatusSet,
 }
 
 impl BreakerConfig {
@@ -319,9 +201,7 @@ impl Default for BreakerConfig {
             max_concurrent_requests: 1024,
             max_pending: 1024,
             failure_statuses: vec![(500, 599)],
-            failure_grpc_statuses: crate::proxy::grpc::GrpcStatusSet::new(
-                &DEFAULT_FAILURE_GRPC_STATUSES,
-            ),
+            failure_grpc_statuses: crate::grpc::GrpcStatusSet::new(&DEFAULT_FAILURE_GRPC_STATUSES),
         }
     }
 }

@@ -4,10 +4,10 @@
 use super::diagnostics::Diagnostics;
 use super::model::*;
 use super::raw::*;
+use crate::grpc::GrpcStatusSet;
 use crate::layers::breaker::state::BreakerSettings;
 use crate::layers::breaker::window::WindowSettings;
 use crate::layers::outlier::ejection::OutlierSettings;
-use crate::proxy::grpc::GrpcStatusSet;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

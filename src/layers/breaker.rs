@@ -6,9 +6,9 @@
 pub mod state;
 pub mod window;
 
+use crate::call::{Call, CallFuture, CallService};
 use crate::error::ProxyError;
 use crate::metrics::{Metrics, TransitionLabels};
-use crate::proxy::call::{Call, CallFuture, CallService};
 use crate::upstream::WorkerUpstream;
 use parking_lot::Mutex;
 use state::{
@@ -159,7 +159,7 @@ impl<S> Service<Call> for BreakerService<S>
 where
     S: CallService,
 {
-    type Response = crate::proxy::call::Answer;
+    type Response = crate::call::Answer;
     type Error = ProxyError;
     type Future = CallFuture;
 
@@ -179,7 +179,7 @@ where
                 ticket: Some(ticket),
             };
             let mut result = inner.call(call).await;
-            if let Ok(crate::proxy::call::Answer {
+            if let Ok(crate::call::Answer {
                 deferred: Some(deferred),
                 at,
                 ..
@@ -207,7 +207,7 @@ where
             let Some(failed) = upstream.verdict(&result) else {
                 return result;
             };
-            let now = crate::proxy::call::finished_at(&result);
+            let now = crate::call::finished_at(&result);
             // The upstream's latency as the breaker saw it (queueing for a slot included).
             upstream
                 .metrics

@@ -3,8 +3,8 @@
 //! levee answers 503 `overloaded` at once. A queue that can grow without bound only converts an
 //! upstream's slowness into levee's memory and everyone's latency.
 
+use crate::call::{Answer, Call, CallFuture, CallService};
 use crate::error::ProxyError;
-use crate::proxy::call::{Answer, Call, CallFuture, CallService};
 use crate::upstream::WorkerUpstream;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;

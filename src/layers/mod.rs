@@ -6,4 +6,3 @@ pub mod concurrency;
 pub mod outlier;
 pub mod rate_limit;
 pub mod retry;
-pub mod timeout;

@@ -4,8 +4,8 @@
 
 pub mod ejection;
 
+use crate::call::{Answer, Call, CallFuture, CallService};
 use crate::error::ProxyError;
-use crate::proxy::call::{Answer, Call, CallFuture, CallService};
 use crate::upstream::{Upstream, WorkerUpstream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -78,7 +78,7 @@ where
                 &upstream,
                 endpoint,
                 failed,
-                crate::proxy::call::finished_at(&result),
+                crate::call::finished_at(&result),
             );
             result
         })

@@ -9,10 +9,9 @@
 pub mod gcra;
 pub mod global;
 
-use crate::config::{RateLimitConfig, RateLimitKey};
+use crate::call::{Answer, Call, CallFuture, CallService};
 use crate::error::ProxyError;
 use crate::metrics::RouteMetrics;
-use crate::proxy::call::{Answer, Call, CallFuture, CallService};
 use crate::redis::Redis;
 use gcra::{Decision, GcraCell, GcraSettings, KeyedLimiter};
 use global::{Fallback, GlobalLimiter, KeyDigest, LeaseCheck};
@@ -192,7 +191,7 @@ impl RouteLimiter {
                 match &self.config.key {
                     RateLimitKey::ClientIp => {
                         let mut buf = [0u8; 64];
-                        let key = crate::proxy::forward::format_ip(call.client_ip, &mut buf);
+                        let key = crate::call::format_ip(call.client_ip, &mut buf);
                         keyed.check(std::str::from_utf8(key).unwrap_or(""), now)
                     }
                     RateLimitKey::Header(name) => {
@@ -286,4 +285,36 @@ where
         }
         self.inner.call(call)
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitKey {
+    Global,
+    ClientIp,
+    Header(http::HeaderName),
+}
+
+impl RateLimitKey {
+    pub fn describe(&self) -> String {
+        match self {
+            RateLimitKey::Global => "global".into(),
+            RateLimitKey::ClientIp => "client_ip".into(),
+            RateLimitKey::Header(h) => format!("header:{h}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimitScope {
+    Local,
+    Global,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitConfig {
+    pub rps: f64,
+    pub burst: u32,
+    pub key: RateLimitKey,
+    pub scope: RateLimitScope,
+    pub max_keys: usize,
 }

@@ -11,11 +11,10 @@
 pub mod backoff;
 pub mod budget;
 
-use crate::config::RetryConfig;
+use crate::body::RequestBody;
+use crate::call::{Answer, Call, CallFuture, CallRequest, CallService};
 use crate::error::ProxyError;
 use crate::metrics::RouteMetrics;
-use crate::proxy::body::RequestBody;
-use crate::proxy::call::{Answer, Call, CallFuture, CallRequest, CallService};
 use backoff::Backoff;
 use budget::RetryBudget;
 use bytes::Bytes;
@@ -69,9 +68,12 @@ impl RetryPolicy {
             Err(ProxyError::UpstreamReset(_)) | Err(ProxyError::UpstreamTimeout) => {
                 idempotent && (on.reset || on.gateway_error)
             }
-            // Another endpoint may have room or be back; the breaker's verdict is final.
-            Err(ProxyError::Overloaded) | Err(ProxyError::NoHealthyEndpoint { .. }) => false,
-            Err(e) => e.is_retryable() && idempotent,
+            // The one retryability rule (there is no other): a connect failure never reached
+            // the upstream; a reset or timeout may have, so only idempotent calls follow one.
+            // Overloaded and no healthy endpoint are not retried: the breaker's and the
+            // balancer's verdicts are final for this request. The rest are levee's own refusals,
+            // the client's faults, or a protocol violation another try would repeat.
+            Err(_) => false,
         }
     }
 }
@@ -235,4 +237,27 @@ where
             }
         })
     }
+}
+
+/// Which failures a retry may follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetryOn {
+    pub connect_failure: bool,
+    pub reset: bool,
+    pub gateway_error: bool,
+    pub retriable_status: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryConfig {
+    /// Total tries including the first.
+    pub attempts: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub budget_ratio: f64,
+    pub budget_min_per_sec: u32,
+    pub on: RetryOn,
+    pub retriable_statuses: Vec<u16>,
+    pub max_retry_body: u64,
 }

@@ -2,7 +2,7 @@
 //! `duration` are final), through `tracing` under the target `levee::access`. Turn it off with
 //! `RUST_LOG=info,levee::access=off`; when off, nothing is formatted or allocated for it.
 
-use super::body::OnComplete;
+use crate::body::OnComplete;
 use tokio::time::Instant;
 
 pub const TARGET: &str = "levee::access";

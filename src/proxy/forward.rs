@@ -1,6 +1,7 @@
 //! Header rewriting between client and upstream: hop-by-hop headers go, forwarding headers
 //! (`x-forwarded-*`, `via`) come, and the client's address is only believed from trusted proxies.
 
+use crate::call::format_ip;
 use crate::config::Cidr;
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
@@ -242,40 +243,6 @@ pub fn add_forwarding_headers(
     };
     if let Some(v) = via {
         headers.insert(header::VIA, v);
-    }
-}
-
-/// Formats an IP into a stack buffer. This runs on every request, and `Display` for IPv4 goes
-/// through the formatting machinery; writing the four octets by hand is several times cheaper.
-pub fn format_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &[u8] {
-    match ip {
-        IpAddr::V4(v4) => {
-            let mut len = 0;
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    buf[len] = b'.';
-                    len += 1;
-                }
-                if octet >= 100 {
-                    buf[len] = b'0' + octet / 100;
-                    len += 1;
-                }
-                if octet >= 10 {
-                    buf[len] = b'0' + (octet / 10) % 10;
-                    len += 1;
-                }
-                buf[len] = b'0' + octet % 10;
-                len += 1;
-            }
-            &buf[..len]
-        }
-        IpAddr::V6(_) => {
-            use std::io::Write;
-            let mut cursor = std::io::Cursor::new(&mut buf[..]);
-            let _ = write!(cursor, "{ip}");
-            let len = cursor.position() as usize;
-            &buf[..len]
-        }
     }
 }
 

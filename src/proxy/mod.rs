@@ -1,12 +1,8 @@
 //! The request path: from a client's request to an upstream's response (or levee's own answer).
 
 pub mod access_log;
-pub mod body;
-pub mod call;
 pub mod forward;
 pub mod framing;
-pub mod grpc;
-pub mod handler;
 pub mod path;
 pub mod request_id;
 pub mod route;

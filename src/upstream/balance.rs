@@ -47,8 +47,8 @@ impl Upstream {
     }
 }
 
+use crate::call::{Answer, Call, CallFuture, CallService};
 use crate::error::ProxyError;
-use crate::proxy::call::{Answer, Call, CallFuture, CallService};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};

@@ -1,12 +1,12 @@
 //! The pooled HTTP client for one upstream: keep-alive connections per endpoint, connect timeout,
 //! HTTP/1.1 or HTTP/2, optional TLS; failures are sorted into connect errors and resets.
 
+use crate::body::{RequestBody, RequestBodyError, ResponseBodyError};
+use crate::call::CallRequest;
 use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::error::ProxyError;
-use crate::proxy::body::{RequestBody, RequestBodyError, ResponseBodyError};
-use crate::proxy::call::CallRequest;
+use crate::shard::Sharded;
 use crate::upstream::h1::{DirectBody, DirectClient};
-use crate::worker::Sharded;
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{Method, Request, Response, Uri, Version};
@@ -59,7 +59,7 @@ impl UpstreamClient {
         http.set_nodelay(true);
         http.enforce_http(false);
         http.set_keepalive(Some(std::time::Duration::from_secs(60)));
-        let tls_config = crate::tls::upstream_client_config(config)?;
+        let tls_config = crate::tls::upstream_client_config(&config.name, config.tls.as_ref())?;
         let builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls_config)
             .https_or_http();
@@ -308,11 +308,7 @@ impl Replay {
 }
 
 fn replayable(req: &Request<RequestBody>) -> Option<Replay> {
-    let idempotent = matches!(
-        *req.method(),
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    );
-    if !idempotent {
+    if !crate::call::is_idempotent(req.method()) {
         return None;
     }
     let body = match req.body() {
@@ -507,10 +503,10 @@ impl ClientService {
     }
 }
 
-impl tower::Service<crate::proxy::call::Call> for ClientService {
-    type Response = crate::proxy::call::Answer;
+impl tower::Service<crate::call::Call> for ClientService {
+    type Response = crate::call::Answer;
     type Error = ProxyError;
-    type Future = crate::proxy::call::CallFuture;
+    type Future = crate::call::CallFuture;
 
     fn poll_ready(
         &mut self,
@@ -519,7 +515,7 @@ impl tower::Service<crate::proxy::call::Call> for ClientService {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, call: crate::proxy::call::Call) -> Self::Future {
+    fn call(&mut self, call: crate::call::Call) -> Self::Future {
         let upstream = self.upstream.clone();
         Box::pin(async move {
             let endpoint = call.endpoint;
@@ -532,7 +528,7 @@ impl tower::Service<crate::proxy::call::Call> for ClientService {
             let resp = tokio::time::timeout_at(call.deadline, sent)
                 .await
                 .map_err(|_| ProxyError::UpstreamTimeout)??;
-            Ok(crate::proxy::call::Answer {
+            Ok(crate::call::Answer {
                 deferred: upstream.defer_verdict(&resp),
                 resp,
                 endpoint,

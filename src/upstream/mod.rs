@@ -84,6 +84,18 @@ impl Upstream {
             })
             .collect::<Result<Vec<_>, String>>()?;
         let upstream_metrics = UpstreamMetrics::new(metrics, &config.name, &config.endpoints);
+        // Every transition shows in the metrics from the start, at zero.
+        for (from, to) in crate::layers::breaker::state::StateKind::TRANSITIONS {
+            drop(
+                metrics
+                    .circuit_transitions
+                    .get_or_create(&crate::metrics::TransitionLabels {
+                        upstream: config.name.clone(),
+                        from: from.as_str(),
+                        to: to.as_str(),
+                    }),
+            );
+        }
         for g in &upstream_metrics.healthy {
             g.set(1);
         }
@@ -127,7 +139,7 @@ impl Upstream {
     /// answer whose status is still to come (`Answer::deferred`).
     pub fn verdict(
         &self,
-        result: &Result<crate::proxy::call::Answer, crate::error::ProxyError>,
+        result: &Result<crate::call::Answer, crate::error::ProxyError>,
     ) -> Option<bool> {
         match result {
             Ok(a) if a.deferred.is_some() => None,
@@ -150,8 +162,8 @@ impl Upstream {
         if resp.status() != http::StatusCode::OK {
             return None;
         }
-        let status = crate::proxy::grpc::status_in(resp.headers())?;
-        crate::proxy::grpc::is_grpc_response(resp.headers()).then_some(status)
+        let status = crate::grpc::status_in(resp.headers())?;
+        crate::grpc::is_grpc_response(resp.headers()).then_some(status)
     }
 
     /// For a gRPC answer whose `grpc-status` will come in its trailers, the verdict that its
@@ -159,13 +171,13 @@ impl Upstream {
     pub fn defer_verdict<B: http_body::Body>(
         &self,
         resp: &http::Response<B>,
-    ) -> Option<Box<crate::proxy::grpc::DeferredVerdict>> {
+    ) -> Option<Box<crate::grpc::DeferredVerdict>> {
         let grpc = resp.status() == http::StatusCode::OK
             && !resp.body().is_end_stream()
-            && !resp.headers().contains_key(crate::proxy::grpc::GRPC_STATUS)
-            && crate::proxy::grpc::is_grpc_response(resp.headers());
+            && !resp.headers().contains_key(crate::grpc::GRPC_STATUS)
+            && crate::grpc::is_grpc_response(resp.headers());
         grpc.then(|| {
-            Box::new(crate::proxy::grpc::DeferredVerdict::new(
+            Box::new(crate::grpc::DeferredVerdict::new(
                 self.config.breaker.failure_grpc_statuses,
             ))
         })

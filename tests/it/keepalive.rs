@@ -7,7 +7,7 @@ use crate::support::proxy::simple_config;
 use crate::support::raw::{Closed, RawConn, READ_LIMIT};
 use crate::support::scrape::{get_text, metric_or_zero};
 use crate::support::*;
-use levee::park::PARK_AFTER;
+use levee::conn::PARK_AFTER;
 use std::time::Duration;
 use tokio::time::Instant;
 

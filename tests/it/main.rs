@@ -3,6 +3,7 @@
 
 mod support;
 
+mod architecture;
 mod core;
 mod dashboard;
 mod faults;

@@ -20,8 +20,9 @@
 //! the window opened: at most `k − 1` per instance, `N × (k − 1)` for a fleet of N. Unused leased
 //! tokens that expire make the fleet stricter, never looser.
 
-use crate::config::{OnRedisError, RateLimitConfig};
+use super::RateLimitConfig;
 use crate::deadline::after;
+use crate::redis::OnRedisError;
 use crate::redis::{Grant, Redis};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -240,7 +241,7 @@ pub fn local_share(config: &RateLimitConfig, instances: Option<u32>) -> Option<R
     Some(RateLimitConfig {
         rps: config.rps / f64::from(n),
         burst: (config.burst / n).max(1),
-        scope: crate::config::RateLimitScope::Local,
+        scope: super::RateLimitScope::Local,
         ..config.clone()
     })
 }
@@ -489,14 +490,14 @@ mod tests {
         let c = RateLimitConfig {
             rps: 100.0,
             burst: 50,
-            key: crate::config::RateLimitKey::Global,
-            scope: crate::config::RateLimitScope::Global,
+            key: crate::layers::rate_limit::RateLimitKey::Global,
+            scope: crate::layers::rate_limit::RateLimitScope::Global,
             max_keys: 10,
         };
         assert_eq!(local_share(&c, None), None);
         let s = local_share(&c, Some(4)).unwrap();
         assert_eq!((s.rps, s.burst), (25.0, 12));
-        assert_eq!(s.scope, crate::config::RateLimitScope::Local);
+        assert_eq!(s.scope, crate::layers::rate_limit::RateLimitScope::Local);
         assert_eq!(local_share(&c, Some(100)).unwrap().burst, 1);
     }
 }

@@ -13,6 +13,11 @@
 //! Accounting is in integer milli-retries, so a ratio like 0.2 is exact (100
 //! requests buy exactly 20 retries) and concurrent withdrawals can be settled
 //! with a compare-and-swap on a single total.
+//!
+//! Why not tower's `TpsBudget`, which is the same idea: the status page reports each route's
+//! budget (`budget_balance` in `/status`, from [`RetryBudget::balance`]) and `TpsBudget` offers
+//! only `deposit` and `withdraw`; and here the clock is passed in, so the unit tests below step
+//! it instead of sleeping.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
@@ -28,7 +33,7 @@ const UNIT: i64 = 1000;
 /// Ratios above this are meaningless and would risk overflowing the counters.
 const MAX_RATIO: f64 = 1000.0;
 
-/// Shared retry budget for one upstream; see the module docs.
+/// A route's retry budget, shared by its workers; see the module docs.
 #[derive(Debug)]
 pub struct RetryBudget {
     origin: Instant,

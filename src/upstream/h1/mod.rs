@@ -22,10 +22,10 @@ use body::Streaming;
 use pool::{Conn, ConnPool};
 use response::Framing;
 
+use crate::body::RequestBody;
 use crate::config::UpstreamConfig;
 use crate::error::ProxyError;
-use crate::proxy::body::RequestBody;
-use crate::worker::Sharded;
+use crate::shard::Sharded;
 use bytes::Bytes;
 use http::uri::Authority;
 use http::{header, Method, Request, Response};
@@ -131,7 +131,7 @@ impl DirectClient {
                 // The upstream closed the pooled connection as levee reused it: the request
                 // never reached the application, so an idempotent one goes out once more on a
                 // fresh connection (what hyper-util's pool does too).
-                Err(Failed { stale: true, error }) if is_idempotent(method) => {
+                Err(Failed { stale: true, error }) if crate::call::is_idempotent(method) => {
                     tracing::debug!(%error, "pooled connection was closed; sending again");
                     let conn = self.connect(authority).await?;
                     exchange(conn, &wire, method, limits)
@@ -171,13 +171,6 @@ impl DirectClient {
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
         Ok(Conn::new(stream))
     }
-}
-
-fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
 }
 
 /// A response beyond the upstream's header limits is refused as `upstream_protocol` (not the

@@ -1,7 +1,7 @@
 //! Bodies as they flow through levee: streamed by default, buffered only when small enough to
 //! replay on a retry, and counted on the way out for the access log.
 
-use crate::park::{Busy, ConnActivity};
+use crate::conn::{Busy, ConnActivity};
 use crate::upstream::client::UpstreamBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -232,7 +232,7 @@ pub struct ResponseBody {
     /// Keeps a parkable connection busy until this body is sent or abandoned.
     busy: Option<Busy>,
     /// A gRPC call's verdict waiting for the trailers, and the client's deadline.
-    grpc: Option<Box<super::grpc::GrpcStream>>,
+    grpc: Option<Box<crate::grpc::GrpcStream>>,
 }
 
 enum ResponseInner {
@@ -289,10 +289,10 @@ impl ResponseBody {
     /// gets DEADLINE_EXCEEDED trailers.
     pub fn grpc(
         mut self,
-        verdict: Option<Box<super::grpc::DeferredVerdict>>,
+        verdict: Option<Box<crate::grpc::DeferredVerdict>>,
         deadline: Option<tokio::time::Instant>,
     ) -> Self {
-        self.grpc = super::grpc::GrpcStream::new(verdict, deadline);
+        self.grpc = crate::grpc::GrpcStream::new(verdict, deadline);
         self
     }
 
@@ -331,7 +331,7 @@ impl Drop for ResponseBody {
             // Ended without trailers (INTERNAL to a gRPC client); otherwise the client went
             // away first, and the dropped verdict says nothing about the upstream.
             if grpc.is_pending() && ended {
-                grpc.settle(super::grpc::GrpcEnd::Status(super::grpc::INTERNAL));
+                grpc.settle(crate::grpc::GrpcEnd::Status(crate::grpc::INTERNAL));
             }
         }
         if !self.done {
@@ -355,9 +355,9 @@ impl Body for ResponseBody {
                 // Dropping the upstream's body resets its stream: the call is cancelled there.
                 this.inner = ResponseInner::Full(None);
                 this.charge = None;
-                grpc.settle(super::grpc::GrpcEnd::Status(super::grpc::DEADLINE_EXCEEDED));
+                grpc.settle(crate::grpc::GrpcEnd::Status(crate::grpc::DEADLINE_EXCEEDED));
                 this.grpc = None;
-                return Poll::Ready(Some(Ok(Frame::trailers(super::grpc::deadline_trailers()))));
+                return Poll::Ready(Some(Ok(Frame::trailers(crate::grpc::deadline_trailers()))));
             }
         }
         let frame = match &mut this.inner {
@@ -395,7 +395,7 @@ impl Body for ResponseBody {
             }
             Some(Err(_)) => {
                 match &mut this.grpc {
-                    Some(grpc) if grpc.is_pending() => grpc.settle(super::grpc::GrpcEnd::Broken),
+                    Some(grpc) if grpc.is_pending() => grpc.settle(crate::grpc::GrpcEnd::Broken),
                     // The upstream failed after its headers were judged a success: charge it now.
                     _ => {
                         if let Some((upstream, endpoint)) = this.charge.take() {
@@ -407,7 +407,7 @@ impl Body for ResponseBody {
             }
             None => {
                 if let Some(grpc) = &mut this.grpc {
-                    grpc.settle(super::grpc::GrpcEnd::Status(super::grpc::INTERNAL));
+                    grpc.settle(crate::grpc::GrpcEnd::Status(crate::grpc::INTERNAL));
                 }
                 this.finish(true)
             }

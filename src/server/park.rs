@@ -19,16 +19,12 @@
 //! connection are handed over through `ConnActivity`, since the plain hyper connection used here
 //! does not fulfil `hyper::upgrade::on`.
 
-pub mod activity;
-pub mod rewind;
-
-use activity::{plan, Step};
-pub use activity::{Busy, ConnActivity, Upgraded};
-use rewind::Rewind;
+use crate::conn::{plan, ConnActivity, Step, Upgraded, PARK_AFTER};
+use crate::rewind::Rewind;
 
 use crate::proxy::framing::{Audited, FramingAudit};
-use crate::proxy::handler::{handle, ConnContext};
 use crate::send_timeout::SendTimeout;
+use crate::server::handler::{handle, ConnContext};
 use crate::snapshot::ListenerRuntime;
 use crate::worker::Worker;
 use bytes::Bytes;
@@ -37,18 +33,10 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::Watcher;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
-
-/// How long an HTTP/1 connection has nothing in flight before it is parked. Long enough that a
-/// client sending request after request (a browser loading a page, a pooled client under load)
-/// keeps its hyper connection and pays nothing; short enough that most of the time a keep-alive
-/// connection spends idle (seconds to minutes) it is parked. Resuming costs a fresh hyper
-/// connection, about what a new TCP connection costs levee minus the handshake.
-pub const PARK_AFTER: Duration = Duration::from_secs(1);
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 

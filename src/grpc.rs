@@ -8,7 +8,7 @@
 //! else), and breakers judge a gRPC call by its `grpc-status`, which may arrive only when the
 //! body ends ([`DeferredVerdict`]).
 
-use super::body::ResponseBody;
+use crate::body::ResponseBody;
 use crate::error::ProxyError;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use std::future::Future as _;

@@ -3,16 +3,16 @@
 //! serves HTTP/1 with a plain hyper connection it can park when idle, and HTTP/2 prior knowledge
 //! with hyper-util's auto builder; TLS connections are served by the auto builder.
 
-use crate::config::ListenerConfig;
+pub mod handler;
+pub mod park;
+
 use crate::proxy::framing::{Audited, FramingAudit};
-use crate::proxy::handler::{handle, ConnContext};
 use crate::send_timeout::SendTimeout;
+use crate::server::handler::{handle, ConnContext};
 use crate::snapshot::ListenerRuntime;
 use crate::worker::{Worker, WorkerRuntime};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,44 +21,6 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-
-/// A listener's HTTP/1 settings, applied alike to hyper's HTTP/1 builder and to the auto
-/// builder's HTTP/1 half (two types with the same setters).
-macro_rules! http1_settings {
-    ($builder:expr, $cfg:expr) => {
-        $builder
-            .timer(TokioTimer::new())
-            .header_read_timeout($cfg.header_read_timeout)
-            .max_headers($cfg.max_headers)
-            // hyper refuses header sections beyond its buffer with its own 431; levee's own
-            // check (with `x-levee-error`) runs below this ceiling.
-            .max_buf_size(($cfg.max_header_bytes * 2).max(16 * 1024))
-    };
-}
-
-/// The HTTP server settings of a listener (HTTP/1 and HTTP/2), built once per snapshot.
-pub fn http_builder(cfg: &ListenerConfig) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    http1_settings!(b.http1(), cfg);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(cfg.http2_max_concurrent_streams)
-        // A client that does not read holds at most this much per stream (hyper's default is
-        // 400 KB; with the window it made ~0.5 MB per stream), and may send no more ahead.
-        .max_send_buf_size(cfg.http2_stream_buffer as usize)
-        .initial_stream_window_size(cfg.http2_stream_buffer)
-        .max_header_list_size(u32::try_from(cfg.max_header_bytes * 2).unwrap_or(u32::MAX))
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10));
-    b
-}
-
-/// The HTTP/1 settings of a listener for plaintext HTTP/1 connections, built once per snapshot.
-pub fn http1_builder(cfg: &ListenerConfig) -> http1::Builder {
-    let mut b = http1::Builder::new();
-    http1_settings!(b, cfg);
-    b
-}
 
 /// Binds with SO_REUSEADDR so a restart does not wait out TIME_WAIT.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -219,9 +181,7 @@ async fn accept_loop(
         tokio::spawn(async move {
             let _count = count;
             match runtime.tls.clone() {
-                None => {
-                    crate::park::serve_plain(stream, peer, worker, runtime, stop, watcher).await
-                }
+                None => park::serve_plain(stream, peer, worker, runtime, stop, watcher).await,
                 // Boxed: the TLS handshake and TLS connection states are large, and inline they
                 // would size every plain-TCP connection's task too.
                 Some(acceptor) => {

@@ -1,19 +1,19 @@
 //! The entry point of every proxied request: pick the snapshot and route, check the request,
 //! rewrite headers, run the route's stack, and turn the outcome into the client's response.
 
-use super::access_log::{self, AccessLog};
-use super::body::{ClientBody, RequestBody, ResponseBody};
-use super::call::Call;
-use super::forward::{self, Peer};
-use super::framing::FramingAudit;
-use super::grpc;
-use super::path;
-use super::request_id::{self, X_REQUEST_ID};
-use super::route::normalize_host;
+use crate::body::{ClientBody, RequestBody, ResponseBody};
+use crate::call::Call;
+use crate::conn::{ConnActivity, Upgraded};
 use crate::error::ProxyError;
+use crate::grpc;
 use crate::metrics::status_class;
-use crate::park::rewind::Rewind;
-use crate::park::{ConnActivity, Upgraded};
+use crate::proxy::access_log::{self, AccessLog};
+use crate::proxy::forward::{self, Peer};
+use crate::proxy::framing::FramingAudit;
+use crate::proxy::path;
+use crate::proxy::request_id::{self, X_REQUEST_ID};
+use crate::proxy::route::normalize_host;
+use crate::rewind::Rewind;
 use crate::snapshot::{ListenerRuntime, Route};
 use crate::traffic::matcher::RequestView;
 use crate::traffic::redirect::Requested;
@@ -34,10 +34,10 @@ pub struct ConnContext {
     pub peer: SocketAddr,
     pub tls: bool,
     pub listener: Arc<ListenerRuntime>,
-    /// Set on plaintext HTTP/1 connections, which are parked when idle (`crate::park`).
+    /// Set on plaintext HTTP/1 connections, which are parked when idle (`crate::server::park`).
     pub activity: Option<Arc<ConnActivity>>,
     /// Set on HTTP/1 connections: which request heads had both `Content-Length` and
-    /// `Transfer-Encoding`, which hyper resolves without telling (`super::framing`).
+    /// `Transfer-Encoding`, which hyper resolves without telling (`crate::proxy::framing`).
     pub framing: Option<Arc<FramingAudit>>,
 }
 
@@ -463,12 +463,15 @@ fn prepare(
     rewrite_for_upstream(route, &mut upstream_req, client_ip, request_id)?;
 
     let call = Call {
-        req: super::call::CallRequest::new(upstream_req),
+        req: crate::call::CallRequest::new(upstream_req),
         client_ip,
         started,
-        deadline: grpc_deadline.map_or(started + route.config.timeout, |d| {
-            d.min(started + route.config.timeout)
-        }),
+        // The route's `timeout`, from receiving the request to the upstream's response head,
+        // across retries: set here once, enforced where a call can wait (`proxy/stack.rs`).
+        deadline: grpc_deadline
+            .map_or(crate::deadline::after(started, route.config.timeout), |d| {
+                d.min(crate::deadline::after(started, route.config.timeout))
+            }),
         endpoint: 0,
         avoid: None,
         picked: None,
@@ -513,7 +516,7 @@ fn rewrite_for_upstream(
 fn respond(
     route: &Route,
     local: &WorkerRoute,
-    answer: crate::proxy::call::Answer,
+    answer: crate::call::Answer,
     client_upgrade: Option<ClientUpgrade>,
     grpc_deadline: Option<Instant>,
 ) -> Result<(Response<ResponseBody>, usize), ProxyError> {
@@ -598,8 +601,8 @@ where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let upstream = TokioIo::new(upstream);
-    if super::tunnel::copy_until_idle(client, upstream, idle).await
-        == super::tunnel::TunnelEnd::Idle
+    if crate::proxy::tunnel::copy_until_idle(client, upstream, idle).await
+        == crate::proxy::tunnel::TunnelEnd::Idle
     {
         tracing::debug!(
             ?idle,

@@ -3,7 +3,6 @@
 //! may be resumed after a park at all, and where an upgraded socket must go. Plus the pure
 //! decision the connection loop takes from that (`plan`), kept apart so it is tested alone.
 
-use super::PARK_AFTER;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -12,6 +11,13 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+
+/// How long an HTTP/1 connection has nothing in flight before it is parked. Long enough that a
+/// client sending request after request (a browser loading a page, a pooled client under load)
+/// keeps its hyper connection and pays nothing; short enough that most of the time a keep-alive
+/// connection spends idle (seconds to minutes) it is parked. Resuming costs a fresh hyper
+/// connection, about what a new TCP connection costs levee minus the handshake.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// The socket of a connection whose request was answered with 101, and the bytes the client
 /// sent after its request that hyper had already read.
