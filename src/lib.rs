@@ -34,6 +34,7 @@ pub mod snapshot;
 pub mod status;
 pub mod status_cli;
 pub mod tls;
+pub mod traffic;
 pub mod upstream;
 pub mod watch;
 pub mod worker;

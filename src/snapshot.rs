@@ -23,8 +23,10 @@ use std::time::{Duration, SystemTime};
 pub struct Route {
     pub name: Arc<str>,
     pub config: crate::config::RouteConfig,
-    pub upstream: Arc<Upstream>,
-    /// Set for a route with a weighted `split`; `upstream` is then its first target.
+    /// `None` on routes that answer themselves (`config.answer`); for a split route, its first
+    /// target.
+    pub upstream: Option<Arc<Upstream>>,
+    /// Set for a route with a weighted `split`.
     pub split: Option<Arc<crate::proxy::split::Split>>,
     pub limiter: Option<Arc<RouteLimiter>>,
     pub retry: Option<Arc<RetryPolicy>>,
@@ -97,16 +99,18 @@ impl Snapshot {
         });
         let mut routes = Vec::with_capacity(config.routes.len());
         for r in &config.routes {
-            let upstream = upstreams
-                .iter()
-                .find(|u| *u.name == *r.upstream)
-                .cloned()
-                .ok_or_else(|| {
-                    format!(
-                        "route \"{}\" names unknown upstream \"{}\"",
-                        r.name, r.upstream
-                    )
-                })?;
+            let upstream = match &r.upstream {
+                None => None,
+                Some(name) => Some(
+                    upstreams
+                        .iter()
+                        .find(|u| *u.name == **name)
+                        .cloned()
+                        .ok_or_else(|| {
+                            format!("route \"{}\" names unknown upstream \"{name}\"", r.name)
+                        })?,
+                ),
+            };
             let old = previous.and_then(|p| p.routes.iter().find(|o| o.config.name == r.name));
             let limiter = match &r.rate_limit {
                 None => None,
@@ -143,7 +147,11 @@ impl Snapshot {
                     .unwrap_or_else(|| Arc::new(RetryPolicy::new(c)))
             });
             // The route's stack is built per worker (`crate::worker::WorkerSnapshot`).
-            let route_metrics = Arc::new(RouteMetrics::new(metrics, &r.name, &r.upstream));
+            let route_metrics = Arc::new(RouteMetrics::new(
+                metrics,
+                &r.name,
+                r.upstream.as_deref().unwrap_or_default(),
+            ));
             let split = if r.split.is_empty() {
                 None
             } else {
@@ -163,11 +171,11 @@ impl Snapshot {
                 history: old.map(|o| o.history.clone()).unwrap_or_default(),
             });
         }
-        let router = Router::new(
+        let router = Router::with_matchers(
             config
                 .routes
                 .iter()
-                .map(|r| (r.host.as_deref(), r.path_prefix.as_str())),
+                .map(|r| (r.host.as_deref(), &r.matcher)),
         );
         let mut listeners = HashMap::new();
         for l in &config.listeners {

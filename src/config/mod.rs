@@ -10,6 +10,7 @@ pub mod raw;
 mod recovery;
 pub mod shown;
 pub mod split;
+pub mod traffic;
 pub mod units;
 pub mod validate;
 

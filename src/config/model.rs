@@ -126,11 +126,16 @@ pub struct RouteConfig {
     pub name: String,
     pub host: Option<String>,
     pub path_prefix: String,
-    /// The upstream; for a split route, its first target (so labels and lookups keyed on one
-    /// upstream keep working).
-    pub upstream: String,
+    /// The upstream: `None` on routes that answer themselves (`answer`); for a split route,
+    /// its first target (so labels and lookups keyed on one upstream keep working).
+    pub upstream: Option<String>,
     /// A weighted split (`crate::proxy::split`); empty for a route with one upstream.
     pub split: Vec<SplitTarget>,
+    /// The path and the method, header and query conditions the router matches.
+    pub matcher: crate::traffic::matcher::RouteMatch,
+    pub rewrite: crate::traffic::rewrite::RouteRewrite,
+    /// `redirect` or `direct_response`: answered by levee, no upstream.
+    pub answer: Option<crate::traffic::redirect::LocalAnswer>,
     pub timeout: Duration,
     pub max_body: Option<u64>,
     pub retry: Option<RetryConfig>,

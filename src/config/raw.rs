@@ -3,6 +3,7 @@
 
 use super::units::{Dur, Size};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use toml::Spanned;
 
 /// The whole file.
@@ -74,6 +75,52 @@ pub struct RawRoute {
     pub retry: Option<Spanned<RawRetry>>,
     pub rate_limit: Option<Spanned<RawRateLimit>>,
     pub tunnel_idle_timeout: Option<Spanned<Dur>>,
+    // Matchers, rewrites and self-answers (`super::traffic`).
+    pub path: Option<Spanned<String>>,
+    pub path_regex: Option<Spanned<String>>,
+    pub methods: Option<Vec<Spanned<String>>>,
+    pub headers: Option<BTreeMap<String, Spanned<toml::Value>>>,
+    pub query: Option<BTreeMap<String, Spanned<String>>>,
+    pub strip_prefix: Option<Spanned<String>>,
+    pub replace_prefix: Option<Spanned<RawReplacePrefix>>,
+    pub host_rewrite: Option<Spanned<String>>,
+    pub request_headers: Option<Spanned<RawHeaderRewrite>>,
+    pub response_headers: Option<Spanned<RawHeaderRewrite>>,
+    pub redirect: Option<Spanned<RawRedirect>>,
+    pub direct_response: Option<Spanned<RawDirectResponse>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReplacePrefix {
+    pub from: Spanned<String>,
+    pub to: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderRewrite {
+    pub set: Option<BTreeMap<String, Spanned<String>>>,
+    pub add: Option<BTreeMap<String, Spanned<String>>>,
+    pub remove: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedirect {
+    pub scheme: Option<Spanned<String>>,
+    pub host: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub prefix: Option<Spanned<String>>,
+    pub status: Option<Spanned<u16>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDirectResponse {
+    pub status: Spanned<u16>,
+    pub body: Option<String>,
+    pub content_type: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

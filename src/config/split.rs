@@ -136,7 +136,7 @@ mod tests {
         )
         .unwrap_or_else(|e| panic!("{e}"));
         let r = &config.routes[0];
-        assert_eq!(r.upstream, "stable");
+        assert_eq!(r.upstream.as_deref(), Some("stable"));
         assert_eq!(
             r.split
                 .iter()
@@ -203,7 +203,7 @@ mod tests {
         assert!(
             none.0[0]
                 .to_string()
-                .contains(r#"route "api" has no upstream"#),
+                .contains(r#"route "api" has nowhere to send requests"#),
             "{none}"
         );
     }

@@ -30,6 +30,8 @@ pub fn validate(raw: RawConfig, base_dir: &Path, d: &mut Diagnostics) -> Option<
         .collect();
     let redis = raw.redis.map(|r| redis(r.into_inner(), d));
     let has_redis = redis.is_some();
+    let route_spans: Vec<std::ops::Range<usize>> =
+        raw.route.iter().map(super::traffic::route_span).collect();
     let routes: Vec<RouteConfig> = raw
         .route
         .into_iter()
@@ -51,6 +53,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path, d: &mut Diagnostics) -> Option<
     if !d.is_empty() {
         return None;
     }
+    super::traffic::warn_shadowed(&routes, &route_spans, d);
     Some(Config {
         admin,
         listeners,
@@ -285,33 +288,20 @@ fn route(
         .as_ref()
         .map(|n| n.get_ref().clone())
         .unwrap_or_else(|| format!("route{i}"));
-    // Exactly one of `upstream` and `split` (`super::split`).
-    let split = match (&raw.upstream, &raw.split) {
-        (Some(u), None) => {
-            super::split::check_upstream_name(&name, u, upstreams, d);
-            Vec::new()
-        }
-        (None, Some(s)) => super::split::split(&name, s, upstreams, d),
-        (Some(_), Some(s)) => {
-            d.at(
-                s.span(),
-                format!("route \"{name}\" has both upstream and split: keep one"),
-            );
-            Vec::new()
-        }
-        (None, None) => {
-            d.at(
-                raw.name.as_ref().map(|n| n.span()).unwrap_or(0..0),
-                format!(r#"route "{name}" has no upstream: add upstream = "app" or a split"#),
-            );
-            return None;
-        }
+    // Exactly one of upstream, split, redirect and direct_response (`super::traffic`).
+    super::traffic::check_target(&raw, &name, d);
+    let split = match &raw.split {
+        Some(s) => super::split::split(&name, s, upstreams, d),
+        None => Vec::new(),
     };
-    let target = match (&raw.upstream, split.first()) {
-        (Some(u), _) => u.get_ref().clone(),
-        (None, Some(t)) => t.upstream.clone(),
-        (None, None) => String::new(),
-    };
+    if let Some(u) = &raw.upstream {
+        super::split::check_upstream_name(&name, u, upstreams, d);
+    }
+    let target = raw
+        .upstream
+        .as_ref()
+        .map(|u| u.get_ref().clone())
+        .or_else(|| split.first().map(|t| t.upstream.clone()));
     let host = raw.host.as_ref().and_then(|h| {
         let v = h.get_ref().trim().to_ascii_lowercase();
         let bare = v.strip_prefix("*.").unwrap_or(&v);
@@ -350,6 +340,7 @@ fn route(
         }
         Some(t) => t.get_ref().0,
     };
+    let traffic = super::traffic::traffic(&raw, &path_prefix, d);
     let retry = raw.retry.map(|r| retry(r.into_inner(), d));
     let rate_limit = raw
         .rate_limit
@@ -360,6 +351,9 @@ fn route(
         path_prefix,
         upstream: target,
         split,
+        matcher: traffic.matcher,
+        rewrite: traffic.rewrite,
+        answer: traffic.answer,
         timeout: raw.timeout.map(|t| t.0).unwrap_or(Duration::from_secs(30)),
         max_body: raw.max_body.map(|s| s.0),
         retry,
@@ -1013,6 +1007,15 @@ pub fn check_uniqueness(raw: &RawConfig, d: &mut Diagnostics) {
             .as_ref()
             .map(|h| h.get_ref().to_ascii_lowercase())
             .unwrap_or_default();
+        // Routes that differ by other matchers are distinct; `levee check` warns about shadows.
+        if r.path.is_some()
+            || r.path_regex.is_some()
+            || r.methods.is_some()
+            || r.headers.is_some()
+            || r.query.is_some()
+        {
+            continue;
+        }
         let prefix = r
             .path_prefix
             .as_ref()
@@ -1023,9 +1026,7 @@ pub fn check_uniqueness(raw: &RawConfig, d: &mut Diagnostics) {
                 .path_prefix
                 .as_ref()
                 .map(|p| p.span())
-                .or(r.upstream.as_ref().map(|u| u.span()))
-                .or(r.split.as_ref().map(|s| s.span()))
-                .unwrap_or(0..0);
+                .unwrap_or_else(|| super::traffic::route_span(r));
             d.at(span, format!("another route already matches host \"{host}\" and path_prefix \"{prefix}\": this one would never be used"));
         }
     }

@@ -22,6 +22,7 @@ mod packaging;
 mod peer_limits;
 mod recovery;
 mod resilience;
+mod routing;
 mod split;
 mod tls;
 mod upstream_h1;
