@@ -77,15 +77,13 @@ Drain: \fB/ready\fR turns 503, the listeners stop accepting, in\-flight requests
 .SH "EXIT STATUS"
 .TP
 .B 0
-\fBcheck\fR: the config is valid; \fBrun\fR: drained and stopped on a signal.
+\fBcheck\fR: the config is valid (with \fB\-\-diff\fR too, even when there is nothing to
+compare it with: the admin listener does not answer, or the \fB\-\-against\fR file is not
+valid; that is said on stderr); \fBrun\fR: drained and stopped on a signal.
 .TP
 .B 1
 \fBcheck\fR: the config has problems (each printed as FILE:LINE:COL: message);
 \fBrun\fR: the config is invalid or a listener could not be bound.
-.TP
-.B 2
-\fBcheck \-\-diff\fR: the config is valid, but there is nothing to compare it with
-(the admin listener does not answer, or the \fB\-\-against\fR file is not valid).
 .SH ENVIRONMENT
 .TP
 .B RUST_LOG

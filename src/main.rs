@@ -75,7 +75,7 @@ enum Command {
         "Preview a reload before running it:\n",
         "  levee check --config NEW --diff                  against the running levee (GET /config)\n",
         "  levee check --config NEW --diff --against OLD    against another config file\n",
-        "Exit status: 0 when the config is valid, 1 when not, 2 when --diff has nothing to compare with.",
+        "Exit status: 0 when the config is valid, 1 when not (with --diff too, even when there is\nnothing to compare with: that is said on stderr).",
     ))]
     Check {
         /// Also print what reloading this config would change: routes, upstreams, listeners and
