@@ -146,16 +146,20 @@ pub async fn start(
     .await
     .map_err(|e| format!("cannot start the flaky demo backend: {e}"))?;
     let text = config(bind, admin, healthy, flaky);
-    let levee = Levee::start_with(
+    let levee = crate::run::start(
         ConfigSource::Text {
             name: "<demo>".into(),
             text,
         },
-        false,
-        workers,
+        crate::run::Options {
+            watch: false,
+            workers,
+            release_memory: None,
+        },
     )
     .await
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())?
+    .levee;
     Ok((levee, healthy, flaky))
 }
 

@@ -22,6 +22,7 @@ pub mod metrics_sharded;
 pub mod proxy;
 pub mod redis;
 pub mod rewind;
+pub mod run;
 pub mod runtime;
 pub mod send_timeout;
 pub mod server;
@@ -35,5 +36,6 @@ pub mod upstream;
 pub mod watch;
 pub mod worker;
 
+pub use run::{run, Options, Running};
 pub use runtime::{ConfigSource, Levee, StartError};
 pub use worker::Workers;

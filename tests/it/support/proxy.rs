@@ -1,12 +1,11 @@
 //! A real levee, in process, on ephemeral ports, with its config in a temp file.
 
-use levee::{ConfigSource, Levee, Workers};
+use levee::{ConfigSource, Options, Running, Workers};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 pub struct TestProxy {
-    pub levee: Arc<Levee>,
+    pub levee: Running,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub dir: tempfile::TempDir,
@@ -44,7 +43,12 @@ impl TestProxy {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("levee.toml");
         std::fs::write(&path, with_defaults(toml)).unwrap();
-        let levee = Levee::start_with(ConfigSource::File(path.clone()), false, workers)
+        let options = Options {
+            watch: false,
+            workers,
+            release_memory: None,
+        };
+        let levee = levee::run::start(ConfigSource::File(path.clone()), options)
             .await
             .unwrap_or_else(|e| panic!("levee did not start: {e}"));
         let addr = levee
