@@ -23,7 +23,6 @@ pub struct Options {
 }
 
 /// A started levee and its drivers.
-#[derive(Clone)]
 pub struct Running {
     pub levee: Arc<Levee>,
     watch: Option<Arc<Watch>>,
@@ -33,14 +32,6 @@ impl Running {
     /// Whether the file watch runs.
     pub fn is_watching(&self) -> bool {
         self.watch.as_ref().is_some_and(|w| w.is_on())
-    }
-}
-
-impl std::ops::Deref for Running {
-    type Target = Arc<Levee>;
-
-    fn deref(&self) -> &Arc<Levee> {
-        &self.levee
     }
 }
 

@@ -115,56 +115,40 @@ impl Watch {
     /// reloads (debounced). Idempotent.
     pub fn start(&self) {
         let mut slot = self.files.lock();
-        let Some(levee) = self.levee.upgrade() else {
+        let Some(levee) = self.levee.upgrade().filter(|_| slot.is_none()) else {
             return;
         };
-        if slot.is_none() {
-            match start(&levee, &self.config_path, Arc::downgrade(&self.files)) {
-                Ok(w) => *slot = Some(w),
-                Err(e) => tracing::error!("{e}"),
-            }
-        }
+        let (tx, rx) = mpsc::unbounded_channel::<notify::Event>();
+        let watcher =
+            notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+                Ok(event) => {
+                    let _ = tx.send(event);
+                }
+                Err(e) => tracing::warn!(error = %e, "file watch error"),
+            });
+        let watcher = match watcher {
+            Ok(w) => w,
+            Err(e) => return tracing::error!("cannot start the file watch: {e}"),
+        };
+        let mut fw = FileWatch {
+            watcher,
+            dirs: HashSet::new(),
+        };
+        let files = watched_files(&self.config_path, &levee);
+        fw.watch_dirs(&files);
+        tracing::info!(
+            files = files.len(),
+            "watching the config and certificate files for changes"
+        );
+        *slot = Some(fw);
+        let (levee, path) = (Arc::downgrade(&levee), self.config_path.clone());
+        tokio::spawn(run(rx, levee, Arc::downgrade(&self.files), path, files));
     }
 
     /// Whether the file watch runs.
     pub fn is_on(&self) -> bool {
         self.files.lock().is_some()
     }
-}
-
-/// Starts watching; the reload task ends when the returned watch is dropped.
-fn start(
-    levee: &Arc<Levee>,
-    config_path: &Path,
-    slot: Weak<parking_lot::Mutex<Option<FileWatch>>>,
-) -> Result<FileWatch, String> {
-    let (tx, rx) = mpsc::unbounded_channel::<notify::Event>();
-    let watcher =
-        notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-            Ok(event) => {
-                let _ = tx.send(event);
-            }
-            Err(e) => tracing::warn!(error = %e, "file watch error"),
-        })
-        .map_err(|e| format!("cannot start the file watch: {e}"))?;
-    let mut fw = FileWatch {
-        watcher,
-        dirs: HashSet::new(),
-    };
-    let files = watched_files(config_path, levee);
-    fw.watch_dirs(&files);
-    tracing::info!(
-        files = files.len(),
-        "watching the config and certificate files for changes"
-    );
-    tokio::spawn(run(
-        rx,
-        Arc::downgrade(levee),
-        slot,
-        config_path.to_path_buf(),
-        files,
-    ));
-    Ok(fw)
 }
 
 async fn run(

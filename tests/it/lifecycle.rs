@@ -618,7 +618,7 @@ async fn admin_watch_setting_reloads_in_process() {
         )
     };
     let proxy = TestProxy::start(&watched(a.addr)).await;
-    assert!(proxy.levee.is_watching());
+    assert!(proxy.running.is_watching());
     replace_file(&proxy.path, &watched(b.addr));
     let url = proxy.url("/");
     eventually("the watch switches to B", WAIT, || body_is(&url, "B")).await;
@@ -635,9 +635,9 @@ async fn a_reload_that_turns_the_watch_on_starts_it() {
         )
     };
     let proxy = TestProxy::start(&config(a.addr, false)).await;
-    assert!(!proxy.levee.is_watching());
+    assert!(!proxy.running.is_watching());
     proxy.reload(&config(a.addr, true)).await.unwrap();
-    assert!(proxy.levee.is_watching(), "on when the reload returns");
+    assert!(proxy.running.is_watching(), "on when the reload returns");
     replace_file(&proxy.path, &config(b.addr, true));
     let url = proxy.url("/");
     eventually("the watch switches to B", WAIT, || body_is(&url, "B")).await;

@@ -1,11 +1,13 @@
 //! A real levee, in process, on ephemeral ports, with its config in a temp file.
 
-use levee::{ConfigSource, Options, Running, Workers};
+use levee::{ConfigSource, Levee, Options, Running, Workers};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 pub struct TestProxy {
-    pub levee: Running,
+    pub levee: Arc<Levee>,
+    pub running: Running,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub dir: tempfile::TempDir,
@@ -48,9 +50,10 @@ impl TestProxy {
             workers,
             release_memory: None,
         };
-        let levee = levee::run::start(ConfigSource::File(path.clone()), options)
+        let running = levee::run::start(ConfigSource::File(path.clone()), options)
             .await
             .unwrap_or_else(|e| panic!("levee did not start: {e}"));
+        let levee = running.levee.clone();
         let addr = levee
             .listener_addr("main")
             .await
@@ -58,6 +61,7 @@ impl TestProxy {
         let admin = levee.admin_addr().unwrap();
         TestProxy {
             levee,
+            running,
             addr,
             admin,
             dir,
