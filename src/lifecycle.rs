@@ -95,7 +95,7 @@ impl Signals {
             tokio::select! {
                 _ = self.hup.recv() => {
                     tracing::info!("SIGHUP: reloading config");
-                    // Levee::reload sends RELOADING=1 / READY=1 around the reload itself.
+                    // `crate::run` sends RELOADING=1 / READY=1 around every reload.
                     let _ = levee.reload().await;
                 }
                 _ = self.term.recv() => {

@@ -174,18 +174,6 @@ impl Levee {
         self.listeners.lock().await.get(name).map(|h| h.local_addr)
     }
 
-    pub async fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
-        let mut v: Vec<_> = self
-            .listeners
-            .lock()
-            .await
-            .values()
-            .map(|h| (h.name.clone(), h.local_addr))
-            .collect();
-        v.sort();
-        v
-    }
-
     /// Re-reads the config; on success swaps in the new snapshot (keeping live state where the
     /// config is unchanged) and reconciles listeners. On failure the running config stays.
     pub async fn reload(&self) -> Result<u64, ConfigErrors> {
