@@ -115,15 +115,3 @@ impl Signals {
         ExitCode::SUCCESS
     }
 }
-
-/// Installs the handlers and serves until SIGTERM or SIGINT (for callers that started levee
-/// before; prefer [`Signals::install`] before binding).
-pub async fn wait_for_signals(levee: Arc<Levee>) -> ExitCode {
-    match Signals::install() {
-        Ok(s) => s.serve(levee).await,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot install signal handlers");
-            ExitCode::FAILURE
-        }
-    }
-}
