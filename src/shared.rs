@@ -24,6 +24,8 @@ pub struct Shared {
     pub last_reload: Mutex<Option<ReloadOutcome>>,
     /// Who follows [`Shared::publish`] (the workers), of types this module does not know.
     followers: Mutex<Vec<Weak<dyn Follow>>>,
+    /// Operators' timed overrides: one store for every worker (`crate::overrides`).
+    pub overrides: Arc<crate::overrides::live::Overrides>,
 }
 
 /// Follows the published snapshot: told of each one as it is published, before `publish`
@@ -35,12 +37,14 @@ pub trait Follow: Send + Sync {
 impl Shared {
     pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>) -> Arc<Shared> {
         metrics.config_version.set(snapshot.version as i64);
+        let overrides = Arc::new(crate::overrides::live::Overrides::new(metrics.clone()));
         Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
             ready: AtomicBool::new(false),
             last_reload: Mutex::new(None),
             followers: Mutex::new(Vec::new()),
+            overrides,
         })
     }
 
@@ -48,7 +52,9 @@ impl Shared {
     pub fn publish(&self, snapshot: Arc<Snapshot>) {
         // Under the lock a follower subscribes under: none starts on the previous one unseen.
         let mut followers = self.followers.lock();
-        self.snapshot.store(snapshot.clone());
+        // The overrides go onto the new upstreams before any request can see them.
+        self.overrides
+            .carry_over(&snapshot, || self.snapshot.store(snapshot.clone()));
         followers.retain(|f| f.upgrade().inspect(|f| f.follow(&snapshot)).is_some());
     }
 
