@@ -146,21 +146,30 @@ pub async fn start(
     .await
     .map_err(|e| format!("cannot start the flaky demo backend: {e}"))?;
     let text = config(bind, admin, healthy, flaky);
-    let levee = Levee::start_with(
+    let levee = crate::run::start(
         ConfigSource::Text {
             name: "<demo>".into(),
             text,
         },
-        false,
-        workers,
+        crate::run::Options {
+            watch: false,
+            workers,
+            release_memory: None,
+        },
     )
     .await
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())?
+    .levee;
     Ok((levee, healthy, flaky))
 }
 
 pub async fn run(bind: &str, admin: &str, workers: crate::worker::Workers) -> ExitCode {
-    let (levee, healthy, flaky) = match start(bind, admin, workers).await {
+    // Before binding, as `crate::run` does: a signal right after startup drains.
+    let started = match crate::lifecycle::Signals::install() {
+        Ok(signals) => start(bind, admin, workers).await.map(|v| (signals, v)),
+        Err(e) => Err(format!("cannot install signal handlers: {e}")),
+    };
+    let (signals, (levee, healthy, flaky)) = match started {
         Ok(v) => v,
         Err(e) => {
             eprintln!("levee demo: {e}");
@@ -195,5 +204,5 @@ Try:
                                           # 429 rate_limited after 5
 Ctrl-C drains and exits."#
     );
-    crate::lifecycle::wait_for_signals(levee).await
+    signals.serve(levee).await
 }

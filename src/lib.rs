@@ -25,6 +25,7 @@ pub mod overrides;
 pub mod proxy;
 pub mod redis;
 pub mod rewind;
+pub mod run;
 pub mod runtime;
 pub mod send_timeout;
 pub mod server;
@@ -39,5 +40,6 @@ pub mod upstream;
 pub mod watch;
 pub mod worker;
 
+pub use run::{run, Options, Running};
 pub use runtime::{ConfigSource, Levee, StartError};
 pub use worker::Workers;

@@ -95,7 +95,7 @@ impl Signals {
             tokio::select! {
                 _ = self.hup.recv() => {
                     tracing::info!("SIGHUP: reloading config");
-                    // Levee::reload sends RELOADING=1 / READY=1 around the reload itself.
+                    // `crate::run` sends RELOADING=1 / READY=1 around every reload.
                     let _ = levee.reload().await;
                 }
                 _ = self.term.recv() => {
@@ -113,17 +113,5 @@ impl Signals {
         levee.shutdown().await;
         tracing::info!("drained; exiting");
         ExitCode::SUCCESS
-    }
-}
-
-/// Installs the handlers and serves until SIGTERM or SIGINT (for callers that started levee
-/// before; prefer [`Signals::install`] before binding).
-pub async fn wait_for_signals(levee: Arc<Levee>) -> ExitCode {
-    match Signals::install() {
-        Ok(s) => s.serve(levee).await,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot install signal handlers");
-            ExitCode::FAILURE
-        }
     }
 }

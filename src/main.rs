@@ -10,10 +10,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use levee::diff_cli::Against;
 use levee::logging::{self, LogFormat};
-use levee::{ConfigSource, Levee, Workers};
+use levee::{ConfigSource, Workers};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 const DEFAULT_CONFIG: &str = "/etc/levee/levee.toml";
 /// Where `levee status` and `levee check --diff` find the admin listener by default.
@@ -242,12 +241,12 @@ fn main() -> ExitCode {
             logging::init(cli.log_level.as_deref(), cli.log_format);
             let (bind, admin) = (bind.clone(), admin.clone());
             let workers = worker_count(cli.workers);
-            run_async(async move { levee::demo::run(&bind, &admin, workers).await })
+            levee::run::block_on(async move { levee::demo::run(&bind, &admin, workers).await })
         }
         Some(Command::Run { watch }) => {
             logging::init(cli.log_level.as_deref(), cli.log_format);
             let workers = worker_count(cli.workers);
-            run_async(async move { run(ConfigSource::File(config), watch, workers).await })
+            run(ConfigSource::File(config), watch, workers)
         }
         Some(Command::Completions { shell }) => {
             write_stdout(&levee::cli_docs::completions(Cli::command(), shell))
@@ -274,7 +273,7 @@ fn main() -> ExitCode {
         None => {
             logging::init(cli.log_level.as_deref(), cli.log_format);
             let workers = worker_count(cli.workers);
-            run_async(async move { run(ConfigSource::File(config), false, workers).await })
+            run(ConfigSource::File(config), false, workers)
         }
     }
 }
@@ -323,85 +322,32 @@ fn worker_count(workers: Option<usize>) -> Workers {
     }))
 }
 
-/// The runtime `main` runs on: with one worker it serves everything, with more it carries the
-/// control plane (signals, reloads, the admin listener, health checks) and each worker gets a
-/// runtime of its own (`levee::worker`). Single-threaded either way: no cross-thread wakeups.
-fn run_async(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
-    match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => {
-            rt.spawn(levee::worker::keep_timer_wheel_armed());
-            rt.block_on(fut)
-        }
-        Err(e) => {
-            eprintln!("levee: cannot start the runtime: {e}");
-            ExitCode::FAILURE
-        }
-    }
+fn run(source: ConfigSource, watch: bool, workers: Workers) -> ExitCode {
+    levee::run(
+        source,
+        levee::Options {
+            watch,
+            workers,
+            release_memory: RELEASE_MEMORY,
+        },
+    )
 }
 
-async fn run(source: ConfigSource, watch: bool, workers: Workers) -> ExitCode {
-    // Before binding: a SIGHUP right after the listeners are up must reload, not kill us.
-    let signals = match levee::lifecycle::Signals::install() {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot install signal handlers");
-            return ExitCode::FAILURE;
-        }
-    };
-    let levee = match Levee::start_with(source, watch, workers).await {
-        Ok(l) => l,
-        Err(e) => {
-            for line in e.to_string().lines() {
-                tracing::error!("{line}");
-                eprintln!("{line}");
-            }
-            return ExitCode::FAILURE;
-        }
-    };
-    levee::lifecycle::notify_ready(&levee).await;
-    #[cfg(feature = "mimalloc")]
-    tokio::spawn(release_memory_after_parking(levee.clone()));
-    serve_until_signal(levee, signals).await
-}
-
-/// mimalloc returns freed pages to the OS a while (its purge delay, 1 s) after they were freed,
-/// but only when it next frees a page: a process that goes quiet keeps the last second's frees
-/// resident. Parking idle keep-alive connections (`levee::park`) frees hyper's buffers in a
-/// burst just before a quiet spell, so without this 10 000 parked connections kept 137–200 MiB
-/// resident instead of about 47 MiB. Once parking has stopped for a moment, ask mimalloc to
-/// return what is free; while connections keep parking, mimalloc's own purging keeps up.
+#[cfg(not(feature = "mimalloc"))]
+const RELEASE_MEMORY: Option<fn()> = None;
 #[cfg(feature = "mimalloc")]
-async fn release_memory_after_parking(levee: Arc<Levee>) {
+const RELEASE_MEMORY: Option<fn()> = Some(mi_collect_now);
+
+/// mimalloc's collect, for `levee::run::release_memory_after_parking`: the `mimalloc` crate
+/// (0.1.52) has no safe API for it, and lib.rs forbids unsafe code, so it is declared here.
+#[cfg(feature = "mimalloc")]
+fn mi_collect_now() {
     extern "C" {
         /// mimalloc's `void mi_collect(bool force)`: frees retired pages and, with `force`,
         /// returns every free page to the OS now.
         fn mi_collect(force: bool);
     }
-    const QUIET: std::time::Duration = std::time::Duration::from_millis(250);
-    let parks = &levee.shared.metrics.parks;
-    let mut seen = parks.get();
-    let mut freed = false;
-    let mut tick = tokio::time::interval(QUIET);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let now = parks.get();
-        if now != seen {
-            seen = now;
-            freed = true;
-        } else if freed {
-            freed = false;
-            // SAFETY: a plain C call with no pointers; mimalloc's collection may run on any
-            // thread at any time (it is what the allocator does on its own, just sooner).
-            unsafe { mi_collect(true) };
-        }
-    }
-}
-
-/// Reloads on SIGHUP, drains on SIGTERM/SIGINT.
-async fn serve_until_signal(levee: Arc<Levee>, signals: levee::lifecycle::Signals) -> ExitCode {
-    signals.serve(levee).await
+    // SAFETY: a plain C call with no pointers; mimalloc's collection may run on any
+    // thread at any time (it is what the allocator does on its own, just sooner).
+    unsafe { mi_collect(true) };
 }

@@ -1,5 +1,6 @@
-//! A running levee: the shared state, its listeners and admin listener, reloads and draining.
-//! `main` drives it from signals; tests and the demo drive it directly.
+//! A running levee: the shared state, its listeners, reloads and draining. It knows none of its
+//! drivers: it announces each reload to whoever listens ([`Levee::on_reload`]), and `crate::run`
+//! assembles it with the admin listener, the file watch, signals and systemd.
 
 use crate::config::{self, Config, ConfigErrors, Problem};
 use crate::metrics::{Metrics, ResultLabel};
@@ -73,41 +74,36 @@ pub enum StartError {
     Workers(std::io::Error),
 }
 
+/// What [`Levee::reload`] announces: a reload begins; it ended with the new version, or failed
+/// with this version still serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reload {
+    Begins,
+    Ended(Result<u64, u64>),
+}
+
+type OnReload = Box<dyn Fn(Reload) + Send + Sync>;
+
 pub struct Levee {
     pub shared: Arc<Shared>,
     source: ConfigSource,
     listeners: Mutex<HashMap<String, ListenerHandle>>,
     admin_addr: Option<SocketAddr>,
     reload_lock: Mutex<()>,
-    /// Itself, for starting the file watch from `&self`.
-    me: std::sync::Weak<Levee>,
-    /// The file watch, once started (`[admin] watch = true` or `levee run --watch`).
-    watch: parking_lot::Mutex<Option<Arc<parking_lot::Mutex<crate::watch::FileWatch>>>>,
+    /// Told of every reload, in the reload's own task (so a driver's reaction, e.g. starting
+    /// the file watch, is done when `reload` returns).
+    on_reload: parking_lot::Mutex<Vec<OnReload>>,
     /// Where the listeners run (`crate::worker`); dropping levee ends the worker threads.
     workers: Vec<WorkerRuntime>,
 }
 
 impl Levee {
-    /// Loads the config, binds every listener and the admin listener, and starts serving.
-    pub async fn start(source: ConfigSource) -> Result<Arc<Levee>, StartError> {
-        Self::start_watching_if(source, false).await
-    }
-
-    /// Like [`Levee::start`]; with `watch`, the file watch is running before `/ready` says 200,
-    /// so a change made right after readiness is never missed.
-    pub async fn start_watching_if(
+    /// Loads the config and binds every listener (on `workers`) and the admin listener, which
+    /// it hands back unserved; not ready until the caller (`crate::run`) says so.
+    pub async fn start(
         source: ConfigSource,
-        watch: bool,
-    ) -> Result<Arc<Levee>, StartError> {
-        Self::start_with(source, watch, Workers::Inline).await
-    }
-
-    /// Like [`Levee::start_watching_if`], with the listeners on `workers`.
-    pub async fn start_with(
-        source: ConfigSource,
-        watch: bool,
         workers: Workers,
-    ) -> Result<Arc<Levee>, StartError> {
+    ) -> Result<(Arc<Levee>, tokio::net::TcpListener), StartError> {
         // Before any snapshot is built: per-worker shards are sized for the workers.
         if let Workers::Threads(n) = workers {
             crate::worker::reserve_shards(n);
@@ -146,46 +142,27 @@ impl Levee {
             source,
         })?;
         let admin_addr = admin_tcp.local_addr().ok();
-        let levee = Arc::new_cyclic(|weak| {
-            crate::admin::spawn(admin_tcp, shared.clone(), weak.clone());
-            Levee {
-                shared: shared.clone(),
-                source,
-                listeners: Mutex::new(listeners),
-                admin_addr,
-                reload_lock: Mutex::new(()),
-                me: weak.clone(),
-                watch: parking_lot::Mutex::new(None),
-                workers: worker_runtimes,
-            }
+        let levee = Arc::new(Levee {
+            shared,
+            source,
+            listeners: Mutex::new(listeners),
+            admin_addr,
+            reload_lock: Mutex::new(()),
+            on_reload: parking_lot::Mutex::new(Vec::new()),
+            workers: worker_runtimes,
         });
-        if watch || levee.shared.snapshot.load().config.admin.watch {
-            levee.start_watching();
-        }
-        shared.ready.store(true, Ordering::Release);
-        Ok(levee)
+        Ok((levee, admin_tcp))
     }
 
-    /// Starts watching the config file and the listeners' certificate and key files; a change
-    /// reloads (debounced). Idempotent; does nothing for a config that is not a file.
-    pub fn start_watching(&self) {
-        let ConfigSource::File(path) = &self.source else {
-            return;
-        };
-        let Some(me) = self.me.upgrade() else { return };
-        let mut slot = self.watch.lock();
-        if slot.is_some() {
-            return;
-        }
-        match crate::watch::start(&me, path) {
-            Ok(w) => *slot = Some(w),
-            Err(e) => tracing::error!("{e}"),
-        }
+    /// Calls `f` on every reload from now on.
+    pub fn on_reload(&self, f: impl Fn(Reload) + Send + Sync + 'static) {
+        self.on_reload.lock().push(Box::new(f));
     }
 
-    /// Whether the file watch runs.
-    pub fn is_watching(&self) -> bool {
-        self.watch.lock().is_some()
+    fn announce(&self, reload: Reload) {
+        for f in self.on_reload.lock().iter() {
+            f(reload);
+        }
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
@@ -197,33 +174,18 @@ impl Levee {
         self.listeners.lock().await.get(name).map(|h| h.local_addr)
     }
 
-    pub async fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
-        let mut v: Vec<_> = self
-            .listeners
-            .lock()
-            .await
-            .values()
-            .map(|h| (h.name.clone(), h.local_addr))
-            .collect();
-        v.sort();
-        v
-    }
-
     /// Re-reads the config; on success swaps in the new snapshot (keeping live state where the
     /// config is unchanged) and reconciles listeners. On failure the running config stays.
     pub async fn reload(&self) -> Result<u64, ConfigErrors> {
         let _serial = self.reload_lock.lock().await;
-        crate::lifecycle::notify_reloading();
+        self.announce(Reload::Begins);
         let result = self.try_reload().await;
-        crate::lifecycle::notify_reloaded(
+        self.announce(Reload::Ended(
             result
                 .as_ref()
                 .map(|v| *v)
                 .map_err(|_| self.shared.snapshot.load().version),
-        );
-        if result.is_ok() && self.shared.snapshot.load().config.admin.watch {
-            self.start_watching();
-        }
+        ));
         let metrics = &self.shared.metrics;
         let outcome = match &result {
             Ok(v) => {

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// A running watch; dropping it stops watching.
-pub struct FileWatch {
+struct FileWatch {
     watcher: RecommendedWatcher,
     dirs: HashSet<PathBuf>,
 }
@@ -94,46 +94,67 @@ impl FileWatch {
     }
 }
 
-/// Starts watching for `levee`, whose config lives at `config_path`. The watch lives as long as
-/// the returned value; the reload task ends when it is dropped.
-pub fn start(
-    levee: &Arc<Levee>,
-    config_path: &Path,
-) -> Result<Arc<parking_lot::Mutex<FileWatch>>, String> {
-    let (tx, rx) = mpsc::unbounded_channel::<notify::Event>();
-    let watcher =
-        notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-            Ok(event) => {
-                let _ = tx.send(event);
-            }
-            Err(e) => tracing::warn!(error = %e, "file watch error"),
-        })
-        .map_err(|e| format!("cannot start the file watch: {e}"))?;
-    let mut fw = FileWatch {
-        watcher,
-        dirs: HashSet::new(),
-    };
-    let files = watched_files(config_path, levee);
-    fw.watch_dirs(&files);
-    tracing::info!(
-        files = files.len(),
-        "watching the config and certificate files for changes"
-    );
-    let fw = Arc::new(parking_lot::Mutex::new(fw));
-    tokio::spawn(run(
-        rx,
-        Arc::downgrade(levee),
-        Arc::downgrade(&fw),
-        config_path.to_path_buf(),
-        files,
-    ));
-    Ok(fw)
+/// The file watch of one levee: off until [`Watch::start`], then on for as long as it lives.
+pub struct Watch {
+    levee: Weak<Levee>,
+    config_path: PathBuf,
+    files: Arc<parking_lot::Mutex<Option<FileWatch>>>,
+}
+
+impl Watch {
+    /// A watch, not yet started, for `levee`, whose config lives at `config_path`.
+    pub fn new(levee: &Arc<Levee>, config_path: PathBuf) -> Watch {
+        Watch {
+            levee: Arc::downgrade(levee),
+            config_path,
+            files: Arc::new(parking_lot::Mutex::new(None)),
+        }
+    }
+
+    /// Starts watching the config file and the listeners' certificate and key files; a change
+    /// reloads (debounced). Idempotent.
+    pub fn start(&self) {
+        let mut slot = self.files.lock();
+        let Some(levee) = self.levee.upgrade().filter(|_| slot.is_none()) else {
+            return;
+        };
+        let (tx, rx) = mpsc::unbounded_channel::<notify::Event>();
+        let watcher =
+            notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+                Ok(event) => {
+                    let _ = tx.send(event);
+                }
+                Err(e) => tracing::warn!(error = %e, "file watch error"),
+            });
+        let watcher = match watcher {
+            Ok(w) => w,
+            Err(e) => return tracing::error!("cannot start the file watch: {e}"),
+        };
+        let mut fw = FileWatch {
+            watcher,
+            dirs: HashSet::new(),
+        };
+        let files = watched_files(&self.config_path, &levee);
+        fw.watch_dirs(&files);
+        tracing::info!(
+            files = files.len(),
+            "watching the config and certificate files for changes"
+        );
+        *slot = Some(fw);
+        let (levee, path) = (Arc::downgrade(&levee), self.config_path.clone());
+        tokio::spawn(run(rx, levee, Arc::downgrade(&self.files), path, files));
+    }
+
+    /// Whether the file watch runs.
+    pub fn is_on(&self) -> bool {
+        self.files.lock().is_some()
+    }
 }
 
 async fn run(
     mut rx: mpsc::UnboundedReceiver<notify::Event>,
     levee: Weak<Levee>,
-    watch: Weak<parking_lot::Mutex<FileWatch>>,
+    watch: Weak<parking_lot::Mutex<Option<FileWatch>>>,
     config_path: PathBuf,
     mut files: HashSet<PathBuf>,
 ) {
@@ -164,7 +185,7 @@ async fn run(
         files = watched_files(&config_path, &levee);
         drop(levee);
         match watch.upgrade() {
-            Some(w) => w.lock().watch_dirs(&files),
+            Some(w) => w.lock().iter_mut().for_each(|w| w.watch_dirs(&files)),
             None => return,
         }
     }

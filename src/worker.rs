@@ -21,7 +21,7 @@
 use crate::metrics::RouteMetrics;
 use crate::proxy::stack::{self, RouteStack};
 pub use crate::shard::{current, reserve_shards, shard_count};
-use crate::shared::Shared;
+use crate::shared::{Follow, Shared};
 use crate::snapshot::Snapshot;
 use crate::upstream::WorkerUpstream;
 use arc_swap::ArcSwap;
@@ -132,15 +132,13 @@ pub struct Worker {
 impl Worker {
     /// A worker that follows `shared`'s published snapshot from now on.
     pub fn new(index: usize, shared: Arc<Shared>) -> Arc<Worker> {
-        let mut workers = shared.workers.lock();
-        let worker = Arc::new(Worker {
-            index,
-            snapshot: ArcSwap::from_pointee(WorkerSnapshot::new(shared.snapshot.load_full())),
-            shared: shared.clone(),
-        });
-        workers.push(Arc::downgrade(&worker));
-        drop(workers);
-        worker
+        shared.clone().subscribe(|snapshot| {
+            Arc::new(Worker {
+                index,
+                snapshot: ArcSwap::from_pointee(WorkerSnapshot::new(snapshot)),
+                shared,
+            })
+        })
     }
 
     /// The current snapshot; a request holds it to the end, whatever reloads happen meanwhile.
@@ -148,8 +146,10 @@ impl Worker {
     pub fn snapshot(&self) -> Arc<WorkerSnapshot> {
         self.snapshot.load_full()
     }
+}
 
-    pub(crate) fn set_snapshot(&self, snapshot: &Arc<Snapshot>) {
+impl Follow for Worker {
+    fn follow(&self, snapshot: &Arc<Snapshot>) {
         self.snapshot
             .store(Arc::new(WorkerSnapshot::new(snapshot.clone())));
     }

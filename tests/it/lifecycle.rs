@@ -618,10 +618,46 @@ async fn admin_watch_setting_reloads_in_process() {
         )
     };
     let proxy = TestProxy::start(&watched(a.addr)).await;
-    assert!(proxy.levee.is_watching());
+    assert!(proxy.running.is_watching());
     replace_file(&proxy.path, &watched(b.addr));
     let url = proxy.url("/");
     eventually("the watch switches to B", WAIT, || body_is(&url, "B")).await;
+}
+
+#[tokio::test]
+async fn a_reload_that_turns_the_watch_on_starts_it() {
+    let a = Origin::new().body("A").start().await;
+    let b = Origin::new().body("B").start().await;
+    let config = |addr, watch| {
+        format!(
+            "[admin]\nbind = \"127.0.0.1:0\"\nwatch = {watch}\ndrain_timeout = \"5s\"\n\n{}",
+            simple_config(&[addr], "", "")
+        )
+    };
+    let proxy = TestProxy::start(&config(a.addr, false)).await;
+    assert!(!proxy.running.is_watching());
+    proxy.reload(&config(a.addr, true)).await.unwrap();
+    assert!(proxy.running.is_watching(), "on when the reload returns");
+    replace_file(&proxy.path, &config(b.addr, true));
+    let url = proxy.url("/");
+    eventually("the watch switches to B", WAIT, || body_is(&url, "B")).await;
+}
+
+#[tokio::test]
+async fn every_reload_is_announced_to_its_listeners() {
+    let origin = Origin::new().start().await;
+    let config = simple_config(&[origin.addr], "", "");
+    let proxy = TestProxy::start(&config).await;
+    let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h = heard.clone();
+    proxy.levee.on_reload(move |r| h.lock().unwrap().push(r));
+    proxy.reload(&config).await.unwrap();
+    assert!(proxy.reload("not toml [").await.is_err());
+    use levee::runtime::Reload::{Begins, Ended};
+    assert_eq!(
+        *heard.lock().unwrap(),
+        [Begins, Ended(Ok(2)), Begins, Ended(Err(2))]
+    );
 }
 
 #[test]

@@ -227,7 +227,7 @@ async fn watch_reloads_when_a_certificate_file_changes() {
     let origin = Origin::new().start().await;
     // The config lives in another directory than the certificates: both are watched.
     let proxy = TestProxy::start(&tls_config(origin.addr, &[&a], "watch = true")).await;
-    assert!(proxy.levee.is_watching());
+    assert!(proxy.running.is_watching());
     let s = connect(proxy.addr, "a.test", &[&a.der], &["http/1.1"]).await;
     assert_eq!(peer_leaf(&s), a.der);
 

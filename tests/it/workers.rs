@@ -100,3 +100,31 @@ async fn a_reload_reaches_every_worker_and_its_open_connections() {
     assert_eq!(get_body(&mut fresh).await, "b");
     proxy.shutdown().await;
 }
+
+/// `Shared::publish` tells every live subscriber before it returns (a dropped one is skipped).
+#[test]
+fn publish_tells_every_live_subscriber_before_it_returns() {
+    use levee::shared::{Follow, Shared};
+    use levee::snapshot::Snapshot;
+    use std::sync::{Arc, Mutex};
+    struct Seen(Mutex<Vec<u64>>);
+    impl Follow for Seen {
+        fn follow(&self, snapshot: &Arc<Snapshot>) {
+            self.0.lock().unwrap().push(snapshot.version);
+        }
+    }
+    let metrics = Arc::new(levee::metrics::Metrics::new());
+    let text = simple_config(&["127.0.0.1:1".parse().unwrap()], "", "");
+    let config = || levee::config::parse("t.toml", &text, std::path::Path::new(".")).unwrap();
+    let first = Snapshot::build(config(), None, &metrics).unwrap();
+    let shared = Shared::new(first, metrics.clone());
+    let seen = shared.subscribe(|s| Arc::new(Seen(Mutex::new(vec![s.version]))));
+    let gone = shared.subscribe(|_| Arc::new(Seen(Mutex::new(vec![]))));
+    drop(gone);
+    let old = shared.snapshot.load_full();
+    let second = Arc::new(Snapshot::build(config(), Some(&old), &metrics).unwrap());
+    let v2 = second.version;
+    shared.publish(second);
+    assert_eq!(*seen.0.lock().unwrap(), [old.version, v2]);
+    assert_ne!(old.version, v2);
+}

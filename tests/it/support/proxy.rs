@@ -1,12 +1,13 @@
 //! A real levee, in process, on ephemeral ports, with its config in a temp file.
 
-use levee::{ConfigSource, Levee, Workers};
+use levee::{ConfigSource, Levee, Options, Running, Workers};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 pub struct TestProxy {
     pub levee: Arc<Levee>,
+    pub running: Running,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub dir: tempfile::TempDir,
@@ -44,9 +45,15 @@ impl TestProxy {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("levee.toml");
         std::fs::write(&path, with_defaults(toml)).unwrap();
-        let levee = Levee::start_with(ConfigSource::File(path.clone()), false, workers)
+        let options = Options {
+            watch: false,
+            workers,
+            release_memory: None,
+        };
+        let running = levee::run::start(ConfigSource::File(path.clone()), options)
             .await
             .unwrap_or_else(|e| panic!("levee did not start: {e}"));
+        let levee = running.levee.clone();
         let addr = levee
             .listener_addr("main")
             .await
@@ -54,6 +61,7 @@ impl TestProxy {
         let admin = levee.admin_addr().unwrap();
         TestProxy {
             levee,
+            running,
             addr,
             admin,
             dir,
