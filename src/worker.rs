@@ -20,6 +20,7 @@
 
 use crate::metrics::RouteMetrics;
 use crate::proxy::stack::{self, RouteStack};
+use crate::shard::Local;
 pub use crate::shard::{current, reserve_shards, shard_count};
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
@@ -77,7 +78,7 @@ impl WorkerSnapshot {
         let upstreams: Vec<Arc<WorkerUpstream>> = snapshot
             .upstreams
             .iter()
-            .map(|u| Arc::new(WorkerUpstream(u.clone())))
+            .map(|u| Arc::new(Local(u.clone())))
             .collect();
         let stacks = snapshot
             .routes
@@ -87,7 +88,7 @@ impl WorkerSnapshot {
                     .iter()
                     .find(|u| Arc::ptr_eq(&u.0, &r.upstream))
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(WorkerUpstream(r.upstream.clone())));
+                    .unwrap_or_else(|| Arc::new(Local(r.upstream.clone())));
                 let metrics = Arc::new(RouteMetrics::clone(&r.metrics));
                 WorkerRoute {
                     stack: stack::build(&upstream, r.limiter.as_ref(), r.retry.as_ref(), &metrics),

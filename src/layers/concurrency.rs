@@ -5,7 +5,7 @@
 
 use crate::call::{Answer, Call, CallFuture, CallService};
 use crate::error::ProxyError;
-use crate::upstream::WorkerUpstream;
+use crate::shard::Local;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -70,12 +70,12 @@ impl ConcurrencyLimit {
 
 #[derive(Clone)]
 pub struct ConcurrencyLayer {
-    upstream: Arc<WorkerUpstream>,
+    limit: Arc<Local<ConcurrencyLimit>>,
 }
 
 impl ConcurrencyLayer {
-    pub fn new(upstream: Arc<WorkerUpstream>) -> Self {
-        ConcurrencyLayer { upstream }
+    pub fn new(limit: Arc<Local<ConcurrencyLimit>>) -> Self {
+        ConcurrencyLayer { limit }
     }
 }
 
@@ -83,7 +83,7 @@ impl<S> Layer<S> for ConcurrencyLayer {
     type Service = ConcurrencyService<S>;
     fn layer(&self, inner: S) -> Self::Service {
         ConcurrencyService {
-            upstream: self.upstream.clone(),
+            limit: self.limit.clone(),
             inner,
         }
     }
@@ -91,7 +91,7 @@ impl<S> Layer<S> for ConcurrencyLayer {
 
 #[derive(Clone)]
 pub struct ConcurrencyService<S> {
-    upstream: Arc<WorkerUpstream>,
+    limit: Arc<Local<ConcurrencyLimit>>,
     inner: S,
 }
 
@@ -108,10 +108,10 @@ where
     }
 
     fn call(&mut self, call: Call) -> CallFuture {
-        let upstream = self.upstream.clone();
+        let limit = self.limit.clone();
         let mut inner = self.inner.clone();
         Box::pin(async move {
-            let permit = upstream.concurrency.acquire(call.deadline).await?;
+            let permit = limit.acquire(call.deadline).await?;
             let result = inner.call(call).await;
             drop(permit);
             result

@@ -498,12 +498,8 @@ const NOT_YET_CUT: &[(&str, &str, &str)] = &[
     ("", "runtime", "admin"),
     ("", "runtime", "watch"),
     ("", "runtime", "lifecycle"),
-    // The per-upstream layers hold the whole `Arc<Upstream>`, not their own state.
-    ("", "layers", "upstream"),
-    // A response body charges a late failure to its upstream; the answer carries the client's
-    // body type.
+    // The upstream body's type names the own HTTP/1 client's body and error (`upstream/h1/`).
     ("", "body", "upstream"),
-    ("", "call", "upstream"),
     // Response rendering, which belongs to the request path.
     ("", "error", "body"),
     ("", "grpc", "body"),

@@ -14,6 +14,7 @@ mod grpc;
 mod hostile;
 mod hygiene;
 mod keepalive;
+mod layers;
 mod lifecycle;
 mod observability;
 mod packaging;

@@ -1,0 +1,177 @@
+//! The per-upstream layer services as units, no sockets: each built from its own state (a
+//! breaker, a limit, a detector and its observer) around a stub inner service, on a paused clock.
+
+use levee::body::RequestBody;
+use levee::call::{Call, CallFuture, CallRequest};
+use levee::error::ProxyError;
+use levee::layers::breaker::state::{BreakerSettings, StateKind};
+use levee::layers::breaker::{BreakerLayer, CircuitBreaker};
+use levee::layers::concurrency::{ConcurrencyLayer, ConcurrencyLimit};
+use levee::layers::outlier::ejection::{EjectionEvent, OutlierDetector, OutlierSettings};
+use levee::layers::outlier::{OutlierLayer, OutlierObserver, Outliers};
+use levee::shard::Local;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt};
+
+fn call(endpoint: usize) -> Call {
+    let now = Instant::now();
+    Call {
+        req: CallRequest::new(http::Request::new(RequestBody::Full(None))),
+        client_ip: [127, 0, 0, 1].into(),
+        started: now,
+        deadline: now + Duration::from_secs(10),
+        endpoint,
+        avoid: None,
+        picked: None,
+    }
+}
+
+/// An inner service that counts its calls and fails each with what `fail` makes.
+fn failing(
+    calls: &Arc<AtomicUsize>,
+    fail: fn() -> ProxyError,
+) -> impl Service<Call, Response = levee::call::Answer, Error = ProxyError, Future = CallFuture>
+       + Clone
+       + Send
+       + 'static {
+    let calls = calls.clone();
+    tower::service_fn(move |_: Call| -> CallFuture {
+        calls.fetch_add(1, Ordering::Relaxed);
+        Box::pin(async move { Err(fail()) })
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn breaker_opens_on_upstream_failures_and_lets_a_trial_through_after_open_duration() {
+    let settings = BreakerSettings {
+        consecutive_failures: 2,
+        open_duration: Duration::from_secs(30),
+        max_open_duration: Duration::from_secs(30),
+        half_open_calls: 1,
+        ..BreakerSettings::default()
+    };
+    let metrics = Arc::new(levee::metrics::Metrics::new());
+    let breaker = Arc::new(CircuitBreaker::new("api".into(), settings, metrics));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = BreakerLayer::new(Arc::new(Local(breaker.clone())));
+    let mut svc = layer.layer(failing(&calls, || ProxyError::UpstreamTimeout));
+    // A client-side failure says nothing about the upstream: it does not count.
+    let mut client_fault = layer.layer(failing(&calls, || ProxyError::BadRequest("no")));
+    for _ in 0..3 {
+        assert!(client_fault
+            .ready()
+            .await
+            .unwrap()
+            .call(call(0))
+            .await
+            .is_err());
+    }
+    assert_eq!(breaker.kind(Instant::now()), StateKind::Closed);
+    for _ in 0..2 {
+        let r = svc.ready().await.unwrap().call(call(0)).await;
+        assert!(matches!(r, Err(ProxyError::UpstreamTimeout)));
+    }
+    assert_eq!(breaker.kind(Instant::now()), StateKind::Open);
+    let r = svc.ready().await.unwrap().call(call(0)).await;
+    assert!(matches!(r, Err(ProxyError::CircuitOpen { .. })));
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        5,
+        "an open breaker does not call inner"
+    );
+    tokio::time::advance(Duration::from_secs(31)).await;
+    let r = svc.ready().await.unwrap().call(call(0)).await;
+    assert!(matches!(r, Err(ProxyError::UpstreamTimeout)));
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        6,
+        "the half-open trial reached inner"
+    );
+    assert_eq!(breaker.kind(Instant::now()), StateKind::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrency_queues_within_max_pending_until_the_deadline_and_refuses_beyond() {
+    let limit = Arc::new(ConcurrencyLimit::new(1, 1));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (r2, c2) = (release.clone(), calls.clone());
+    let inner = tower::service_fn(move |_: Call| -> CallFuture {
+        let (release, calls) = (r2.clone(), c2.clone());
+        Box::pin(async move {
+            calls.fetch_add(1, Ordering::Relaxed);
+            release.notified().await;
+            Err(ProxyError::UpstreamTimeout)
+        })
+    });
+    let svc = ConcurrencyLayer::new(Arc::new(Local(limit.clone()))).layer(inner);
+    let first = tokio::spawn(svc.clone().oneshot(call(0)));
+    let queued = tokio::spawn(svc.clone().oneshot(call(0)));
+    while limit.pending() == 0 || calls.load(Ordering::Relaxed) == 0 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(limit.active(), 1);
+    let r = svc.clone().oneshot(call(0)).await;
+    assert!(
+        matches!(r, Err(ProxyError::Overloaded)),
+        "beyond max_pending"
+    );
+    // The queued call waits no longer than its deadline.
+    tokio::time::advance(Duration::from_secs(11)).await;
+    assert!(matches!(queued.await.unwrap(), Err(ProxyError::Overloaded)));
+    assert_eq!(limit.pending(), 0);
+    release.notify_one();
+    assert!(matches!(
+        first.await.unwrap(),
+        Err(ProxyError::UpstreamTimeout)
+    ));
+    assert_eq!((limit.active(), calls.load(Ordering::Relaxed)), (0, 1));
+}
+
+#[derive(Default)]
+struct Heard {
+    answered: Mutex<Vec<(usize, bool)>>,
+    ejected: Mutex<Vec<usize>>,
+}
+
+impl OutlierObserver for Heard {
+    fn answered(&self, endpoint: usize, failed: bool) {
+        self.answered.lock().unwrap().push((endpoint, failed));
+    }
+    fn ejected(&self, endpoint: usize, _: &EjectionEvent, _: Instant) {
+        self.ejected.lock().unwrap().push(endpoint);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn outlier_counts_upstream_failures_per_endpoint_and_reports_the_ejection() {
+    let settings = OutlierSettings {
+        consecutive_failures: 2,
+        max_ejection_percent: 100,
+        ..OutlierSettings::default()
+    };
+    let detector = Arc::new(OutlierDetector::new(settings, 2));
+    let heard = Arc::new(Heard::default());
+    let outliers = Arc::new(Outliers {
+        detector: detector.clone(),
+        observer: heard.clone(),
+    });
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = OutlierLayer::new(outliers);
+    let mut client_fault = layer.layer(failing(&calls, || ProxyError::BadRequest("no")));
+    let _ = client_fault.ready().await.unwrap().call(call(1)).await;
+    assert!(
+        heard.answered.lock().unwrap().is_empty(),
+        "not the upstream's fault"
+    );
+    let mut svc = layer.layer(failing(&calls, || ProxyError::UpstreamTimeout));
+    for _ in 0..2 {
+        let _ = svc.ready().await.unwrap().call(call(1)).await;
+    }
+    assert_eq!(*heard.answered.lock().unwrap(), [(1, true), (1, true)]);
+    assert_eq!(*heard.ejected.lock().unwrap(), [1]);
+    assert!(detector.is_ejected(1, Instant::now()) && !detector.is_ejected(0, Instant::now()));
+}
