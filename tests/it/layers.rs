@@ -175,3 +175,50 @@ async fn outlier_counts_upstream_failures_per_endpoint_and_reports_the_ejection(
     assert_eq!(*heard.ejected.lock().unwrap(), [1]);
     assert!(detector.is_ejected(1, Instant::now()) && !detector.is_ejected(0, Instant::now()));
 }
+
+#[tokio::test(start_paused = true)]
+async fn retry_tries_again_elsewhere_only_for_idempotent_calls_within_attempts() {
+    use levee::layers::retry::{RetryConfig, RetryLayer, RetryOn, RetryPolicy};
+    let config = RetryConfig {
+        attempts: 3,
+        per_try_timeout: None,
+        backoff_base: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(10),
+        budget_ratio: 0.2,
+        budget_min_per_sec: 10,
+        on: RetryOn {
+            gateway_error: true,
+            ..RetryOn::default()
+        },
+        retriable_statuses: vec![],
+        max_retry_body: 1024,
+    };
+    let metrics = levee::metrics::Metrics::new();
+    let route = Arc::new(levee::metrics::RouteMetrics::new(&metrics, "r", "api"));
+    let layer = RetryLayer::new(Some(Arc::new(RetryPolicy::new(&config))), route);
+    let avoided = Arc::new(Mutex::new(Vec::new()));
+    let seen = avoided.clone();
+    // Acts as the balancer too: each attempt lands on the endpoint after the one it avoids.
+    let inner = tower::service_fn(move |call: Call| -> CallFuture {
+        let pick = call.avoid.map_or(0, |a| a + 1);
+        if let Some(p) = &call.picked {
+            p.store(pick, Ordering::Relaxed);
+        }
+        seen.lock().unwrap().push(call.avoid);
+        Box::pin(async { Err(ProxyError::UpstreamTimeout) })
+    });
+    let r = layer.layer(inner.clone()).oneshot(call(0)).await;
+    assert!(matches!(r, Err(ProxyError::UpstreamTimeout)));
+    assert_eq!(*avoided.lock().unwrap(), [None, Some(0), Some(1)]);
+    avoided.lock().unwrap().clear();
+    let mut post = call(0);
+    if let CallRequest::Owned(req) = &mut post.req {
+        *req.method_mut() = http::Method::POST;
+    }
+    let _ = layer.layer(inner).oneshot(post).await;
+    assert_eq!(
+        avoided.lock().unwrap().len(),
+        1,
+        "a timed-out POST is not sent again"
+    );
+}
