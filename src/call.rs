@@ -114,10 +114,8 @@ pub struct Answer {
 /// answer's status is still to come (`Answer::deferred`).
 pub fn verdict(result: &Result<Answer, crate::error::ProxyError>) -> Option<bool> {
     match result {
-        Ok(a) if a.deferred.is_some() => None,
-        Ok(a) => Some(a.failed),
-        Err(e) if e.is_upstream_failure() => Some(true),
-        Err(_) => None,
+        Ok(a) => a.deferred.is_none().then_some(a.failed),
+        Err(e) => e.is_upstream_failure().then_some(true),
     }
 }
 

@@ -129,21 +129,13 @@ impl Drop for TicketGuard<'_> {
 
 /// Adds the upstream's breaker in front of `S`.
 #[derive(Clone)]
-pub struct BreakerLayer {
-    breaker: Arc<Local<CircuitBreaker>>,
-}
-
-impl BreakerLayer {
-    pub fn new(breaker: Arc<Local<CircuitBreaker>>) -> Self {
-        BreakerLayer { breaker }
-    }
-}
+pub struct BreakerLayer(pub Arc<Local<CircuitBreaker>>);
 
 impl<S> Layer<S> for BreakerLayer {
     type Service = BreakerService<S>;
     fn layer(&self, inner: S) -> Self::Service {
         BreakerService {
-            breaker: self.breaker.clone(),
+            breaker: self.0.clone(),
             inner,
         }
     }

@@ -37,21 +37,13 @@ impl Outliers {
 }
 
 #[derive(Clone)]
-pub struct OutlierLayer {
-    outliers: Arc<Outliers>,
-}
-
-impl OutlierLayer {
-    pub fn new(outliers: Arc<Outliers>) -> Self {
-        OutlierLayer { outliers }
-    }
-}
+pub struct OutlierLayer(pub Arc<Outliers>);
 
 impl<S> Layer<S> for OutlierLayer {
     type Service = OutlierService<S>;
     fn layer(&self, inner: S) -> Self::Service {
         OutlierService {
-            outliers: self.outliers.clone(),
+            outliers: self.0.clone(),
             inner,
         }
     }

@@ -45,11 +45,11 @@ pub fn build(
         .layer(RateLimitLayer::new(limiter.cloned(), metrics.clone()))
         .layer(RetryLayer::new(retry.cloned(), metrics.clone()))
         .layer(BalanceLayer::new(upstream.clone()))
-        .layer(BreakerLayer::new(Arc::new(Local(upstream.breaker.clone()))))
-        .layer(ConcurrencyLayer::new(Arc::new(Local(
+        .layer(BreakerLayer(Arc::new(Local(upstream.breaker.clone()))))
+        .layer(ConcurrencyLayer(Arc::new(Local(
             upstream.concurrency.clone(),
         ))))
-        .layer(OutlierLayer::new(Arc::new(Outliers {
+        .layer(OutlierLayer(Arc::new(Outliers {
             detector: upstream.outlier.clone(),
             observer: upstream.0.clone(),
         })))

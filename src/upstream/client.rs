@@ -522,7 +522,6 @@ impl tower::Service<crate::call::Call> for ClientService {
                     retry_after: std::time::Duration::from_secs(1),
                 });
             };
-            let started = call.started;
             let sent = upstream.client.send(call.req, endpoint, &ep.authority);
             let resp = tokio::time::timeout_at(call.deadline, sent)
                 .await
@@ -537,7 +536,7 @@ impl tower::Service<crate::call::Call> for ClientService {
                 upstream
                     .metrics
                     .duration
-                    .observe((at - started).as_secs_f64());
+                    .observe((at - call.started).as_secs_f64());
             }
             let resp = resp?;
             let deferred = upstream.defer_verdict(&resp);

@@ -56,7 +56,7 @@ async fn breaker_opens_on_upstream_failures_and_lets_a_trial_through_after_open_
     let metrics = Arc::new(levee::metrics::Metrics::new());
     let breaker = Arc::new(CircuitBreaker::new("api".into(), settings, metrics));
     let calls = Arc::new(AtomicUsize::new(0));
-    let layer = BreakerLayer::new(Arc::new(Local(breaker.clone())));
+    let layer = BreakerLayer(Arc::new(Local(breaker.clone())));
     let mut svc = layer.layer(failing(&calls, || ProxyError::UpstreamTimeout));
     // A client-side failure says nothing about the upstream: it does not count.
     let mut client_fault = layer.layer(failing(&calls, || ProxyError::BadRequest("no")));
@@ -107,7 +107,7 @@ async fn concurrency_queues_within_max_pending_until_the_deadline_and_refuses_be
             Err(ProxyError::UpstreamTimeout)
         })
     });
-    let svc = ConcurrencyLayer::new(Arc::new(Local(limit.clone()))).layer(inner);
+    let svc = ConcurrencyLayer(Arc::new(Local(limit.clone()))).layer(inner);
     let first = tokio::spawn(svc.clone().oneshot(call(0)));
     let queued = tokio::spawn(svc.clone().oneshot(call(0)));
     while limit.pending() == 0 || calls.load(Ordering::Relaxed) == 0 {
@@ -160,7 +160,7 @@ async fn outlier_counts_upstream_failures_per_endpoint_and_reports_the_ejection(
         observer: heard.clone(),
     });
     let calls = Arc::new(AtomicUsize::new(0));
-    let layer = OutlierLayer::new(outliers);
+    let layer = OutlierLayer(outliers);
     let mut client_fault = layer.layer(failing(&calls, || ProxyError::BadRequest("no")));
     let _ = client_fault.ready().await.unwrap().call(call(1)).await;
     assert!(
