@@ -222,3 +222,95 @@ async fn retry_tries_again_elsewhere_only_for_idempotent_calls_within_attempts()
         "a timed-out POST is not sent again"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn rate_limit_refuses_beyond_the_burst_before_inner_and_refills_with_time() {
+    use levee::layers::rate_limit::{
+        RateLimitConfig, RateLimitKey, RateLimitLayer, RateLimitScope, RouteLimiter,
+    };
+    let config = RateLimitConfig {
+        rps: 1.0,
+        burst: 2,
+        key: RateLimitKey::Global,
+        scope: RateLimitScope::Local,
+        max_keys: 16,
+    };
+    let metrics = levee::metrics::Metrics::new();
+    let route = Arc::new(levee::metrics::RouteMetrics::new(&metrics, "r", "api"));
+    let limiter = Arc::new(RouteLimiter::new(&config));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = RateLimitLayer::new(Some(limiter), route.clone())
+        .layer(failing(&calls, || ProxyError::UpstreamTimeout));
+    let mut outcomes = Vec::new();
+    for _ in 0..3 {
+        let r = svc.clone().oneshot(call(0)).await;
+        outcomes.push(matches!(r, Err(ProxyError::RateLimited { .. })));
+    }
+    assert_eq!(outcomes, [false, false, true]);
+    assert_eq!(
+        (calls.load(Ordering::Relaxed), route.rate_limited.get()),
+        (2, 1)
+    );
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let r = svc.clone().oneshot(call(0)).await;
+    assert!(
+        matches!(r, Err(ProxyError::UpstreamTimeout)),
+        "a token came back"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn balance_skips_ejected_and_unhealthy_endpoints_and_avoids_the_failed_one() {
+    use levee::upstream::balance::BalanceLayer;
+    let text = "[[listener]]\nname = \"main\"\nbind = \"127.0.0.1:0\"\n\n\
+                [[route]]\nname = \"r\"\nupstream = \"u\"\n\n\
+                [[upstream]]\nname = \"u\"\n\
+                endpoints = [\"127.0.0.1:9\", \"127.0.0.1:10\", \"127.0.0.1:11\"]\n";
+    let config = levee::config::parse("t.toml", text, std::path::Path::new(".")).unwrap();
+    let metrics = Arc::new(levee::metrics::Metrics::new());
+    let upstream =
+        Arc::new(levee::upstream::Upstream::new(&config.upstreams[0], &metrics).unwrap());
+    for _ in 0..5 {
+        upstream.outlier.record(1, true, Instant::now());
+    }
+    assert!(upstream.outlier.is_ejected(1, Instant::now()));
+    let picks = Arc::new(Mutex::new(Vec::new()));
+    let seen = picks.clone();
+    let svc = BalanceLayer::new(Arc::new(Local(upstream.clone()))).layer(tower::service_fn(
+        move |call: Call| -> CallFuture {
+            seen.lock().unwrap().push(call.endpoint);
+            Box::pin(async { Err(ProxyError::UpstreamTimeout) })
+        },
+    ));
+    let avoiding = |avoid| {
+        let mut c = call(0);
+        c.avoid = Some(avoid);
+        c
+    };
+    for _ in 0..20 {
+        let _ = svc.clone().oneshot(avoiding(0)).await;
+    }
+    assert!(
+        picks.lock().unwrap().iter().all(|i| *i == 2),
+        "1 is ejected, 0 avoided"
+    );
+    picks.lock().unwrap().clear();
+    upstream.endpoints[2]
+        .healthy
+        .store(false, Ordering::Relaxed);
+    let _ = svc.clone().oneshot(avoiding(0)).await;
+    assert_eq!(
+        *picks.lock().unwrap(),
+        [0],
+        "the avoided one is still better than none"
+    );
+    upstream.endpoints[0]
+        .healthy
+        .store(false, Ordering::Relaxed);
+    let r = svc.clone().oneshot(avoiding(0)).await;
+    assert!(matches!(r, Err(ProxyError::NoHealthyEndpoint { .. })));
+    assert!(upstream
+        .endpoints
+        .iter()
+        .all(|e| e.in_flight.load(Ordering::Relaxed) == 0));
+}
