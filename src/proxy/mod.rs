@@ -4,6 +4,8 @@ pub mod access_log;
 pub mod forward;
 pub mod framing;
 pub mod path;
+pub mod request_id;
 pub mod route;
+pub mod split;
 pub mod stack;
 pub mod tunnel;
