@@ -2,7 +2,7 @@
 //! replay on a retry, and counted on the way out for the access log.
 
 use crate::conn::{Busy, ConnActivity};
-use crate::upstream::client::UpstreamBody;
+use crate::upstream::h1::DirectBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -205,6 +205,12 @@ impl Body for RequestBody {
     }
 }
 
+/// Charged when a response body that was counted a success breaks after its headers (reset,
+/// stall): the upstream, whose breaker and outlier detection count it after all.
+pub trait LateFailure: Send + Sync + 'static {
+    fn late_failure(&self, endpoint: usize);
+}
+
 /// Called once when a response body has been fully sent or abandoned: the access log hook.
 pub trait OnComplete: Send + Sync + 'static {
     fn complete(&mut self, bytes: u64, finished: bool);
@@ -227,8 +233,8 @@ pub struct ResponseBody {
     sent: u64,
     done: bool,
     on_complete: Option<Box<dyn OnComplete>>,
-    /// The upstream and endpoint that are charged if this body breaks after the headers.
-    charge: Option<(std::sync::Arc<crate::upstream::WorkerUpstream>, usize)>,
+    /// Who is charged (and for which endpoint) if this body breaks after the headers.
+    charge: Option<(Arc<dyn LateFailure>, usize)>,
     /// Keeps a parkable connection busy until this body is sent or abandoned.
     busy: Option<Busy>,
     /// A gRPC call's verdict waiting for the trailers, and the client's deadline.
@@ -297,11 +303,7 @@ impl ResponseBody {
     }
 
     /// Charges `endpoint` of `upstream` (breaker and outlier detection) if this body fails.
-    pub fn charge_failures_to(
-        mut self,
-        upstream: std::sync::Arc<crate::upstream::WorkerUpstream>,
-        endpoint: usize,
-    ) -> Self {
+    pub fn charge_failures_to(mut self, upstream: Arc<dyn LateFailure>, endpoint: usize) -> Self {
         self.charge = Some((upstream, endpoint));
         self
     }
@@ -427,6 +429,45 @@ impl Body for ResponseBody {
             ResponseInner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ResponseInner::Full(None) => SizeHint::with_exact(0),
             ResponseInner::Upstream(b, _) => b.size_hint(),
+        }
+    }
+}
+
+/// A response body from either client.
+pub enum UpstreamBody {
+    Hyper(Incoming),
+    Direct(DirectBody),
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = ResponseBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
+        match self.get_mut() {
+            UpstreamBody::Hyper(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(ResponseBodyError::from))),
+            UpstreamBody::Direct(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(ResponseBodyError::from))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Hyper(b) => b.is_end_stream(),
+            UpstreamBody::Direct(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Hyper(b) => b.size_hint(),
+            UpstreamBody::Direct(b) => b.size_hint(),
         }
     }
 }

@@ -96,14 +96,27 @@ pub fn copy_request(req: &Request<RequestBody>) -> Option<Request<RequestBody>> 
 
 /// An upstream's answer and the endpoint that gave it.
 pub struct Answer {
-    pub resp: Response<crate::upstream::client::UpstreamBody>,
+    pub resp: Response<crate::body::UpstreamBody>,
     pub endpoint: usize,
     /// When the response head arrived: the one clock reading the layers share on the way out.
     pub at: Instant,
+    /// Whether the upstream failed this call (a `failure_statuses` answer, a trailers-only gRPC
+    /// failure): decided once, where the client returns; the layers read it through [`verdict`].
+    pub failed: bool,
     /// Set for a gRPC response whose `grpc-status` is still to come in its trailers: layers
     /// that judge the answer attach their bookkeeping here instead of recording at the head,
     /// and the response body settles it when the call really ends.
     pub deferred: Option<Box<crate::grpc::DeferredVerdict>>,
+}
+
+/// Whether a call's outcome counts against the upstream (an upstream failure, an answer judged
+/// failed); `None` when the upstream was never asked, the client caused the failure, or a gRPC
+/// answer's status is still to come (`Answer::deferred`).
+pub fn verdict(result: &Result<Answer, crate::error::ProxyError>) -> Option<bool> {
+    match result {
+        Ok(a) => a.deferred.is_none().then_some(a.failed),
+        Err(e) => e.is_upstream_failure().then_some(true),
+    }
 }
 
 /// When `result` arrived: the answer's own reading, or now for a failure.

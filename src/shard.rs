@@ -31,6 +31,20 @@ pub fn reserve_shards(workers: usize) {
     SHARDS.fetch_max(workers + 1, Ordering::Relaxed);
 }
 
+/// One worker's handle on state every worker shares (an upstream's breaker, limit, detector):
+/// a worker's route stacks hold an `Arc<Local<T>>` and clone it for every request, so the
+/// reference count that writes is this worker's own, where cloning the shared `Arc<T>` would
+/// bounce its cache line between cores several times per request (`crate::worker`).
+pub struct Local<T: ?Sized>(pub std::sync::Arc<T>);
+
+impl<T: ?Sized> std::ops::Deref for Local<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// Pads a per-worker value to its own cache lines (128 bytes: two 64-byte lines, since adjacent
 /// line prefetch pairs them on x86), so that one worker writing its shard never invalidates the
 /// line another worker's shard is on. Written here rather than taken from crossbeam-utils, which

@@ -20,6 +20,7 @@
 
 use crate::metrics::RouteMetrics;
 use crate::proxy::stack::{self, RouteStack};
+use crate::shard::Local;
 pub use crate::shard::{current, reserve_shards, shard_count};
 use crate::shared::{Follow, Shared};
 use crate::snapshot::Snapshot;
@@ -79,7 +80,7 @@ impl WorkerSnapshot {
         let upstreams: Vec<Arc<WorkerUpstream>> = snapshot
             .upstreams
             .iter()
-            .map(|u| Arc::new(WorkerUpstream(u.clone())))
+            .map(|u| Arc::new(Local(u.clone())))
             .collect();
         let stacks = snapshot
             .routes
@@ -90,7 +91,7 @@ impl WorkerSnapshot {
                     .iter()
                     .find(|u| Arc::ptr_eq(&u.0, route_upstream))
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(WorkerUpstream(route_upstream.clone())));
+                    .unwrap_or_else(|| Arc::new(Local(route_upstream.clone())));
                 let metrics = Arc::new(RouteMetrics::clone(&r.metrics));
                 let split = match &r.split {
                     Some(split) => crate::proxy::split::worker_targets(

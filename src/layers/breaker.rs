@@ -13,7 +13,7 @@ pub mod window;
 use crate::call::{Call, CallFuture, CallService};
 use crate::error::ProxyError;
 use crate::metrics::{Metrics, TransitionLabels};
-use crate::upstream::WorkerUpstream;
+use crate::shard::Local;
 use hold::{BreakerHold, HoldDetail, HoldMode};
 use parking_lot::Mutex;
 use state::{
@@ -166,21 +166,13 @@ impl Drop for TicketGuard<'_> {
 
 /// Adds the upstream's breaker in front of `S`.
 #[derive(Clone)]
-pub struct BreakerLayer {
-    upstream: Arc<WorkerUpstream>,
-}
-
-impl BreakerLayer {
-    pub fn new(upstream: Arc<WorkerUpstream>) -> Self {
-        BreakerLayer { upstream }
-    }
-}
+pub struct BreakerLayer(pub Arc<Local<CircuitBreaker>>);
 
 impl<S> Layer<S> for BreakerLayer {
     type Service = BreakerService<S>;
     fn layer(&self, inner: S) -> Self::Service {
         BreakerService {
-            upstream: self.upstream.clone(),
+            breaker: self.0.clone(),
             inner,
         }
     }
@@ -188,7 +180,7 @@ impl<S> Layer<S> for BreakerLayer {
 
 #[derive(Clone)]
 pub struct BreakerService<S> {
-    upstream: Arc<WorkerUpstream>,
+    breaker: Arc<Local<CircuitBreaker>>,
     inner: S,
 }
 
@@ -205,10 +197,10 @@ where
     }
 
     fn call(&mut self, call: Call) -> CallFuture {
-        let upstream = self.upstream.clone();
+        let shared = self.breaker.clone();
         let mut inner = self.inner.clone();
         Box::pin(async move {
-            let breaker = &upstream.breaker;
+            let breaker: &CircuitBreaker = &shared;
             let started = call.started;
             match breaker.hold.mode() {
                 None => {}
@@ -235,30 +227,20 @@ where
                 // half-open trial slot) is held until the body ends. Slowness is still measured
                 // to the response head, as for any streamed response.
                 let elapsed = *at - started;
-                upstream.metrics.duration.observe(elapsed.as_secs_f64());
                 if let Some(ticket) = guard.ticket.take() {
-                    let upstream = upstream.clone();
+                    let breaker = shared.clone();
                     deferred.on_settled(move |failed, now| match failed {
-                        Some(failed) => {
-                            upstream
-                                .breaker
-                                .record(ticket, CallResult { failed, elapsed }, now)
-                        }
-                        None => upstream.breaker.cancel(ticket),
+                        Some(failed) => breaker.record(ticket, CallResult { failed, elapsed }, now),
+                        None => breaker.cancel(ticket),
                     });
                 }
                 return result;
             }
             // No verdict for calls refused before reaching the upstream or failed by the client.
-            let Some(failed) = upstream.verdict(&result) else {
+            let Some(failed) = crate::call::verdict(&result) else {
                 return result;
             };
             let now = crate::call::finished_at(&result);
-            // The upstream's latency as the breaker saw it (queueing for a slot included).
-            upstream
-                .metrics
-                .duration
-                .observe((now - started).as_secs_f64());
             if let Some(ticket) = guard.ticket.take() {
                 breaker.record(
                     ticket,

@@ -5,7 +5,7 @@
 
 use crate::call::{Answer, Call, CallFuture, CallService};
 use crate::error::ProxyError;
-use crate::upstream::WorkerUpstream;
+use crate::shard::Local;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -69,21 +69,13 @@ impl ConcurrencyLimit {
 }
 
 #[derive(Clone)]
-pub struct ConcurrencyLayer {
-    upstream: Arc<WorkerUpstream>,
-}
-
-impl ConcurrencyLayer {
-    pub fn new(upstream: Arc<WorkerUpstream>) -> Self {
-        ConcurrencyLayer { upstream }
-    }
-}
+pub struct ConcurrencyLayer(pub Arc<Local<ConcurrencyLimit>>);
 
 impl<S> Layer<S> for ConcurrencyLayer {
     type Service = ConcurrencyService<S>;
     fn layer(&self, inner: S) -> Self::Service {
         ConcurrencyService {
-            upstream: self.upstream.clone(),
+            limit: self.0.clone(),
             inner,
         }
     }
@@ -91,7 +83,7 @@ impl<S> Layer<S> for ConcurrencyLayer {
 
 #[derive(Clone)]
 pub struct ConcurrencyService<S> {
-    upstream: Arc<WorkerUpstream>,
+    limit: Arc<Local<ConcurrencyLimit>>,
     inner: S,
 }
 
@@ -108,38 +100,13 @@ where
     }
 
     fn call(&mut self, call: Call) -> CallFuture {
-        let upstream = self.upstream.clone();
+        let limit = self.limit.clone();
         let mut inner = self.inner.clone();
         Box::pin(async move {
-            let permit = upstream.concurrency.acquire(call.deadline).await?;
+            let permit = limit.acquire(call.deadline).await?;
             let result = inner.call(call).await;
             drop(permit);
             result
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn refuses_beyond_pending() {
-        let limit = Arc::new(ConcurrencyLimit::new(1, 1));
-        let far = Instant::now() + std::time::Duration::from_secs(60);
-        let held = limit.acquire(far).await.unwrap();
-        assert_eq!(limit.active(), 1);
-        let l2 = limit.clone();
-        let waiter = tokio::spawn(async move { l2.acquire(far).await.map(|_| ()) });
-        while limit.pending() == 0 {
-            tokio::task::yield_now().await;
-        }
-        assert!(matches!(
-            limit.acquire(far).await,
-            Err(ProxyError::Overloaded)
-        ));
-        drop(held);
-        assert!(waiter.await.unwrap().is_ok());
-        assert_eq!(limit.pending(), 0);
     }
 }

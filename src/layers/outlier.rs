@@ -6,28 +6,44 @@ pub mod ejection;
 
 use crate::call::{Answer, Call, CallFuture, CallService};
 use crate::error::ProxyError;
-use crate::upstream::{Upstream, WorkerUpstream};
-use std::sync::atomic::Ordering;
+use ejection::{EjectionEvent, OutlierDetector};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use tokio::time::Instant;
 use tower::{Layer, Service};
 
-#[derive(Clone)]
-pub struct OutlierLayer {
-    upstream: Arc<WorkerUpstream>,
+/// Who hears what the detector judges: the upstream, which counts each answer (requests,
+/// failures, history) and logs and counts each ejection.
+pub trait OutlierObserver: Send + Sync + 'static {
+    fn answered(&self, endpoint: usize, failed: bool);
+    fn ejected(&self, endpoint: usize, ev: &EjectionEvent, now: Instant);
 }
 
-impl OutlierLayer {
-    pub fn new(upstream: Arc<WorkerUpstream>) -> Self {
-        OutlierLayer { upstream }
+/// An upstream's outlier detection as one worker's stack holds it (a per-worker `Arc`, cloned
+/// per request): the detector and its observer.
+pub struct Outliers {
+    pub detector: Arc<OutlierDetector>,
+    pub observer: Arc<dyn OutlierObserver>,
+}
+
+impl Outliers {
+    /// Counts one answer of `endpoint` and feeds it to outlier detection.
+    fn record(&self, endpoint: usize, failed: bool, now: Instant) {
+        self.observer.answered(endpoint, failed);
+        if let Some(ev) = self.detector.record(endpoint, failed, now) {
+            self.observer.ejected(endpoint, &ev, now);
+        }
     }
 }
+
+#[derive(Clone)]
+pub struct OutlierLayer(pub Arc<Outliers>);
 
 impl<S> Layer<S> for OutlierLayer {
     type Service = OutlierService<S>;
     fn layer(&self, inner: S) -> Self::Service {
         OutlierService {
-            upstream: self.upstream.clone(),
+            outliers: self.0.clone(),
             inner,
         }
     }
@@ -35,7 +51,7 @@ impl<S> Layer<S> for OutlierLayer {
 
 #[derive(Clone)]
 pub struct OutlierService<S> {
-    upstream: Arc<WorkerUpstream>,
+    outliers: Arc<Outliers>,
     inner: S,
 }
 
@@ -52,7 +68,7 @@ where
     }
 
     fn call(&mut self, call: Call) -> CallFuture {
-        let upstream = self.upstream.clone();
+        let outliers = self.outliers.clone();
         let mut inner = self.inner.clone();
         Box::pin(async move {
             let endpoint = call.endpoint;
@@ -63,36 +79,17 @@ where
             }) = &mut result
             {
                 // A gRPC call: judged when its trailers bring the final `grpc-status`.
-                let upstream = upstream.clone();
                 deferred.on_settled(move |failed, now| {
                     if let Some(failed) = failed {
-                        record(&upstream, endpoint, failed, now);
+                        outliers.record(endpoint, failed, now);
                     }
                 });
                 return result;
             }
-            let Some(failed) = upstream.verdict(&result) else {
-                return result;
-            };
-            record(
-                &upstream,
-                endpoint,
-                failed,
-                crate::call::finished_at(&result),
-            );
+            if let Some(failed) = crate::call::verdict(&result) {
+                outliers.record(endpoint, failed, crate::call::finished_at(&result));
+            }
             result
         })
     }
-}
-
-/// Counts one answer of `endpoint` and feeds it to outlier detection.
-fn record(upstream: &Upstream, endpoint: usize, failed: bool, now: tokio::time::Instant) {
-    upstream.history.record(failed);
-    if let Some(ep) = upstream.endpoints.get(endpoint) {
-        ep.requests.fetch_add(1, Ordering::Relaxed);
-        if failed {
-            ep.failures.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    upstream.judge_endpoint(endpoint, failed, now);
 }

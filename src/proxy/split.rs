@@ -296,7 +296,7 @@ pub fn worker_targets(
                 .iter()
                 .find(|u| Arc::ptr_eq(&u.0, &t.upstream))
                 .cloned()
-                .unwrap_or_else(|| Arc::new(WorkerUpstream(t.upstream.clone())));
+                .unwrap_or_else(|| Arc::new(crate::shard::Local(t.upstream.clone())));
             let metrics = Arc::new(RouteMetrics::clone(&t.metrics));
             WorkerTarget {
                 stack: stack::build(&upstream, limiter, retry, &metrics),

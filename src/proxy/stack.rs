@@ -16,10 +16,11 @@
 
 use crate::layers::breaker::{BreakerLayer, BreakerService};
 use crate::layers::concurrency::{ConcurrencyLayer, ConcurrencyService};
-use crate::layers::outlier::{OutlierLayer, OutlierService};
+use crate::layers::outlier::{OutlierLayer, OutlierService, Outliers};
 use crate::layers::rate_limit::{RateLimitLayer, RateLimitService, RouteLimiter};
 use crate::layers::retry::{RetryLayer, RetryPolicy, RetryService};
 use crate::metrics::RouteMetrics;
+use crate::shard::Local;
 use crate::upstream::balance::{BalanceLayer, BalanceService};
 use crate::upstream::client::ClientService;
 use crate::upstream::WorkerUpstream;
@@ -32,6 +33,8 @@ pub type RouteStack = RateLimitService<
     RetryService<BalanceService<BreakerService<ConcurrencyService<OutlierService<ClientService>>>>>,
 >;
 
+/// Built per worker (`crate::worker`): each per-upstream layer gets this worker's own handle on
+/// its state, which the upstream owns.
 pub fn build(
     upstream: &Arc<WorkerUpstream>,
     limiter: Option<&Arc<RouteLimiter>>,
@@ -42,8 +45,13 @@ pub fn build(
         .layer(RateLimitLayer::new(limiter.cloned(), metrics.clone()))
         .layer(RetryLayer::new(retry.cloned(), metrics.clone()))
         .layer(BalanceLayer::new(upstream.clone()))
-        .layer(BreakerLayer::new(upstream.clone()))
-        .layer(ConcurrencyLayer::new(upstream.clone()))
-        .layer(OutlierLayer::new(upstream.clone()))
+        .layer(BreakerLayer(Arc::new(Local(upstream.breaker.clone()))))
+        .layer(ConcurrencyLayer(Arc::new(Local(
+            upstream.concurrency.clone(),
+        ))))
+        .layer(OutlierLayer(Arc::new(Outliers {
+            detector: upstream.outlier.clone(),
+            observer: upstream.0.clone(),
+        })))
         .service(ClientService::new(upstream.clone()))
 }

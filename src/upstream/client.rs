@@ -1,16 +1,14 @@
 //! The pooled HTTP client for one upstream: keep-alive connections per endpoint, connect timeout,
 //! HTTP/1.1 or HTTP/2, optional TLS; failures are sorted into connect errors and resets.
 
-use crate::body::{RequestBody, RequestBodyError, ResponseBodyError};
+use crate::body::{RequestBody, RequestBodyError, UpstreamBody};
 use crate::call::CallRequest;
 use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::error::ProxyError;
 use crate::shard::Sharded;
-use crate::upstream::h1::{DirectBody, DirectClient};
-use bytes::Bytes;
+use crate::upstream::h1::DirectClient;
 use http::uri::{Authority, Scheme};
 use http::{Method, Request, Response, Uri, Version};
-use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
@@ -527,52 +525,28 @@ impl tower::Service<crate::call::Call> for ClientService {
             let sent = upstream.client.send(call.req, endpoint, &ep.authority);
             let resp = tokio::time::timeout_at(call.deadline, sent)
                 .await
-                .map_err(|_| ProxyError::UpstreamTimeout)??;
+                .unwrap_or(Err(ProxyError::UpstreamTimeout));
+            // The upstream's latency, from the request's arrival (queueing for a slot included)
+            // to the head or the failure; and the verdict on the call, decided once, here.
+            let at = tokio::time::Instant::now();
+            if resp
+                .as_ref()
+                .map_or_else(ProxyError::is_upstream_failure, |_| true)
+            {
+                upstream
+                    .metrics
+                    .duration
+                    .observe((at - call.started).as_secs_f64());
+            }
+            let resp = resp?;
+            let deferred = upstream.defer_verdict(&resp);
             Ok(crate::call::Answer {
-                deferred: upstream.defer_verdict(&resp),
+                failed: deferred.is_none() && upstream.is_failure(&resp),
+                deferred,
                 resp,
                 endpoint,
-                at: tokio::time::Instant::now(),
+                at,
             })
         })
-    }
-}
-
-/// A response body from either client.
-pub enum UpstreamBody {
-    Hyper(Incoming),
-    Direct(DirectBody),
-}
-
-impl http_body::Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = ResponseBodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
-        match self.get_mut() {
-            UpstreamBody::Hyper(b) => Pin::new(b)
-                .poll_frame(cx)
-                .map(|f| f.map(|r| r.map_err(ResponseBodyError::from))),
-            UpstreamBody::Direct(b) => Pin::new(b)
-                .poll_frame(cx)
-                .map(|f| f.map(|r| r.map_err(ResponseBodyError::from))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::Hyper(b) => b.is_end_stream(),
-            UpstreamBody::Direct(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamBody::Hyper(b) => b.size_hint(),
-            UpstreamBody::Direct(b) => b.size_hint(),
-        }
     }
 }

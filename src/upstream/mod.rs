@@ -15,8 +15,10 @@ use crate::config::UpstreamConfig;
 use crate::history::History;
 use crate::layers::breaker::CircuitBreaker;
 use crate::layers::concurrency::ConcurrencyLimit;
-use crate::layers::outlier::ejection::OutlierDetector;
+use crate::layers::outlier::ejection::{EjectionEvent, OutlierDetector};
+use crate::layers::outlier::OutlierObserver;
 use crate::metrics::{Metrics, UpstreamMetrics};
+use crate::shard::Local;
 use client::UpstreamClient;
 use http::uri::Authority;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -36,17 +38,20 @@ pub struct Endpoint {
     pub hold: hold::EndpointHold,
 }
 
-/// One worker's handle on a shared [`Upstream`]. The layers of a worker's route stacks hold it
-/// and clone it for every request: the reference count that writes is this worker's own, where
-/// cloning the `Arc<Upstream>` every worker shares would bounce its cache line between cores
-/// several times per request (`crate::worker`).
-pub struct WorkerUpstream(pub Arc<Upstream>);
+/// One worker's handle on a shared [`Upstream`], which its balancer and client clone per request
+/// (see [`Local`]).
+pub type WorkerUpstream = Local<Upstream>;
 
-impl std::ops::Deref for WorkerUpstream {
-    type Target = Upstream;
-
-    fn deref(&self) -> &Upstream {
-        &self.0
+/// A response that was counted as a success broke mid-body (reset, stall): count it against the
+/// breaker and the endpoint after all.
+impl crate::body::LateFailure for WorkerUpstream {
+    fn late_failure(&self, endpoint: usize) {
+        let now = tokio::time::Instant::now();
+        self.breaker.record_late_failure(now);
+        if let Some(ep) = self.endpoints.get(endpoint) {
+            ep.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        self.judge_endpoint(endpoint, true, now);
     }
 }
 
@@ -55,9 +60,9 @@ pub struct Upstream {
     pub name: Arc<str>,
     pub config: UpstreamConfig,
     pub endpoints: Box<[Endpoint]>,
-    pub breaker: CircuitBreaker,
-    pub concurrency: ConcurrencyLimit,
-    pub outlier: OutlierDetector,
+    pub breaker: Arc<CircuitBreaker>,
+    pub concurrency: Arc<ConcurrencyLimit>,
+    pub outlier: Arc<OutlierDetector>,
     pub client: UpstreamClient,
     pub metrics: UpstreamMetrics,
     /// Requests and failures of the last minute, per second, for the dashboard; carried over to
@@ -114,16 +119,16 @@ impl Upstream {
         }
         let name: Arc<str> = config.name.as_str().into();
         Ok(Upstream {
-            breaker: CircuitBreaker::new(
+            breaker: Arc::new(CircuitBreaker::new(
                 name.clone(),
                 probe::breaker_settings(config),
                 metrics.clone(),
-            ),
-            concurrency: ConcurrencyLimit::new(
+            )),
+            concurrency: Arc::new(ConcurrencyLimit::new(
                 config.breaker.max_concurrent_requests,
                 config.breaker.max_pending,
-            ),
-            outlier: OutlierDetector::new(config.outlier, endpoints.len()),
+            )),
+            outlier: Arc::new(OutlierDetector::new(config.outlier, endpoints.len())),
             client: UpstreamClient::new(config)?,
             metrics: upstream_metrics,
             history: Arc::new(History::new()),
@@ -150,38 +155,17 @@ impl Upstream {
         }
     }
 
-    /// Whether a call's outcome counts against the upstream: `Some(true)` for a connect error,
-    /// reset, timeout, a `failure_statuses` answer or a trailers-only gRPC answer with a
-    /// `failure_grpc_statuses` status; `None` when the upstream was never asked or the client
-    /// caused the failure, which says nothing about the upstream's health, and for a gRPC
-    /// answer whose status is still to come (`Answer::deferred`).
-    pub fn verdict(
-        &self,
-        result: &Result<crate::call::Answer, crate::error::ProxyError>,
-    ) -> Option<bool> {
-        match result {
-            Ok(a) if a.deferred.is_some() => None,
-            Ok(a) => Some(
-                self.config
-                    .breaker
-                    .is_failure_status(a.resp.status().as_u16())
-                    || self.grpc_status_in_head(&a.resp).is_some_and(|code| {
-                        self.config.breaker.failure_grpc_statuses.contains(code)
-                    }),
-            ),
-            Err(e) if e.is_upstream_failure() => Some(true),
-            Err(_) => None,
-        }
-    }
-
-    /// The `grpc-status` of a trailers-only gRPC answer (an HTTP 200 gRPC response that carries
-    /// it in its headers).
-    fn grpc_status_in_head<B>(&self, resp: &http::Response<B>) -> Option<u32> {
-        if resp.status() != http::StatusCode::OK {
-            return None;
-        }
-        let status = crate::grpc::status_in(resp.headers())?;
-        crate::grpc::is_grpc_response(resp.headers()).then_some(status)
+    /// Whether an answer counts against the upstream: a `failure_statuses` answer or a
+    /// trailers-only gRPC answer with a `failure_grpc_statuses` status. The client asks once per
+    /// answer (`Answer::failed`); the layers read its verdict (`crate::call::verdict`).
+    pub fn is_failure<B>(&self, resp: &http::Response<B>) -> bool {
+        let breaker = &self.config.breaker;
+        // A trailers-only gRPC answer: an HTTP 200 gRPC response with `grpc-status` in its head.
+        breaker.is_failure_status(resp.status().as_u16())
+            || (resp.status() == http::StatusCode::OK
+                && crate::grpc::status_in(resp.headers())
+                    .is_some_and(|code| breaker.failure_grpc_statuses.contains(code))
+                && crate::grpc::is_grpc_response(resp.headers()))
     }
 
     /// For a gRPC answer whose `grpc-status` will come in its trailers, the verdict that its
@@ -201,22 +185,39 @@ impl Upstream {
         })
     }
 
-    /// A response that was counted as a success broke mid-body (reset, stall): count it against
-    /// the breaker and the endpoint after all.
-    pub fn late_failure(&self, endpoint: usize) {
-        let now = tokio::time::Instant::now();
-        self.breaker.record_late_failure(now);
-        if let Some(ep) = self.endpoints.get(endpoint) {
-            ep.failures.fetch_add(1, Ordering::Relaxed);
-        }
-        self.judge_endpoint(endpoint, true, now);
-    }
-
     /// Feeds one outcome to outlier detection; logs and counts an ejection if it causes one.
     pub fn judge_endpoint(&self, endpoint: usize, failed: bool, now: tokio::time::Instant) {
-        let Some(ev) = self.outlier.record(endpoint, failed, now) else {
-            return;
-        };
+        if let Some(ev) = self.outlier.record(endpoint, failed, now) {
+            self.ejected(endpoint, &ev, now);
+        }
+    }
+
+    /// Starts active health checks once per upstream (not again when a reload keeps it).
+    pub fn start_health_checks(self: &Arc<Self>) {
+        if self.config.health_check.is_some() && !self.health_started.swap(true, Ordering::AcqRel) {
+            health::spawn(Arc::downgrade(self));
+        }
+        let gated = probe::breaker_settings(&self.config).probe_path.is_some();
+        if gated && !self.probe_started.swap(true, Ordering::AcqRel) {
+            probe::spawn(Arc::downgrade(self));
+        }
+    }
+}
+
+/// What the outlier layer tells the upstream: the counters and history of each judged answer,
+/// and the log line and metric of an ejection.
+impl OutlierObserver for Upstream {
+    fn answered(&self, endpoint: usize, failed: bool) {
+        self.history.record(failed);
+        if let Some(ep) = self.endpoints.get(endpoint) {
+            ep.requests.fetch_add(1, Ordering::Relaxed);
+            if failed {
+                ep.failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn ejected(&self, endpoint: usize, ev: &EjectionEvent, now: tokio::time::Instant) {
         let address = self
             .endpoints
             .get(endpoint)
@@ -233,17 +234,6 @@ impl Upstream {
         );
         if let Some(c) = self.metrics.ejections.get(endpoint) {
             c.inc();
-        }
-    }
-
-    /// Starts active health checks once per upstream (not again when a reload keeps it).
-    pub fn start_health_checks(self: &Arc<Self>) {
-        if self.config.health_check.is_some() && !self.health_started.swap(true, Ordering::AcqRel) {
-            health::spawn(Arc::downgrade(self));
-        }
-        let gated = probe::breaker_settings(&self.config).probe_path.is_some();
-        if gated && !self.probe_started.swap(true, Ordering::AcqRel) {
-            probe::spawn(Arc::downgrade(self));
         }
     }
 }

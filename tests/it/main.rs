@@ -15,6 +15,7 @@ mod grpc;
 mod hostile;
 mod hygiene;
 mod keepalive;
+mod layers;
 mod lifecycle;
 mod observability;
 mod overrides;
