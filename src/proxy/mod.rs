@@ -4,6 +4,7 @@ pub mod access_log;
 pub mod forward;
 pub mod framing;
 pub mod path;
+pub mod respond;
 pub mod route;
 pub mod stack;
 pub mod tunnel;

@@ -504,9 +504,6 @@ const NOT_YET_CUT: &[(&str, &str, &str)] = &[
     // body type.
     ("", "body", "upstream"),
     ("", "call", "upstream"),
-    // Response rendering, which belongs to the request path.
-    ("", "error", "body"),
-    ("", "grpc", "body"),
     // `Shared::publish` wakes the workers it keeps a list of.
     ("", "shared", "worker"),
 ];
