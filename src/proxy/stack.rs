@@ -21,7 +21,7 @@ use crate::layers::rate_limit::{RateLimitLayer, RateLimitService, RouteLimiter};
 use crate::layers::retry::{RetryLayer, RetryPolicy, RetryService};
 use crate::metrics::RouteMetrics;
 use crate::upstream::balance::{BalanceLayer, BalanceService};
-use crate::upstream::client::ClientService;
+use crate::upstream::client::{ClientService, StaleResend};
 use crate::upstream::WorkerUpstream;
 use std::sync::Arc;
 use tower::ServiceBuilder;
@@ -45,5 +45,11 @@ pub fn build(
         .layer(BreakerLayer::new(upstream.clone()))
         .layer(ConcurrencyLayer::new(upstream.clone()))
         .layer(OutlierLayer::new(upstream.clone()))
-        .service(ClientService::new(upstream.clone()))
+        .service(ClientService::new(
+            upstream.clone(),
+            StaleResend {
+                policy: retry.cloned(),
+                resends: metrics.stale_resends.clone(),
+            },
+        ))
 }
