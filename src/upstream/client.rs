@@ -107,8 +107,10 @@ impl UpstreamClient {
                     max_idle_per_endpoint: config.pool_max_idle_per_endpoint,
                     idle_timeout: config.pool_idle_timeout,
                     connect_timeout: config.connect_timeout,
-                    max_head_bytes: config.max_response_header_bytes,
-                    max_headers: config.max_response_headers,
+                    limits: h1::response::Limits {
+                        max_head: config.max_response_header_bytes,
+                        max_headers: config.max_response_headers,
+                    },
                 };
                 Arc::new(Sharded::new(|| DirectClient::new(&settings)))
             });
@@ -426,13 +428,7 @@ fn is_stale_connection(err: &hyper_util::client::legacy::Error) -> bool {
             }
         }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::UnexpectedEof
-            );
+            return h1::is_closed(io);
         }
         source = e.source();
     }

@@ -68,8 +68,7 @@ pub struct Settings {
     pub max_idle_per_endpoint: usize,
     pub idle_timeout: Duration,
     pub connect_timeout: Duration,
-    pub max_head_bytes: usize,
-    pub max_headers: usize,
+    pub limits: response::Limits,
 }
 
 /// Initial read buffer of a connection: a typical response head and small body in one read.
@@ -81,8 +80,7 @@ const HEAD_READ_SIZE: usize = 8 * 1024;
 pub struct DirectClient {
     /// One per endpoint, in the upstream's endpoint order.
     pools: Box<[Arc<ConnPool>]>,
-    connect_timeout: Duration,
-    limits: response::Limits,
+    settings: Settings,
 }
 
 impl DirectClient {
@@ -96,11 +94,7 @@ impl DirectClient {
                     ))
                 })
                 .collect(),
-            connect_timeout: settings.connect_timeout,
-            limits: response::Limits {
-                max_head: settings.max_head_bytes,
-                max_headers: settings.max_headers,
-            },
+            settings: *settings,
         }
     }
 
@@ -134,7 +128,7 @@ impl DirectClient {
             Some(conn) => conn,
             None => self.connect(authority).await.map_err(fail)?,
         };
-        let (conn, head) = exchange(conn, wire, method, self.limits).await?;
+        let (conn, head) = exchange(conn, wire, method, self.settings.limits).await?;
         let body = into_body(conn, head.framing, head.keep_alive, pool);
         let mut resp = Response::new(body);
         *resp.status_mut() = head.status;
@@ -145,16 +139,25 @@ impl DirectClient {
 
     async fn connect(&self, authority: &Authority) -> Result<Conn, H1Error> {
         let connecting = TcpStream::connect(authority.as_str());
-        let stream = match tokio::time::timeout(self.connect_timeout, connecting).await {
+        let stream = match tokio::time::timeout(self.settings.connect_timeout, connecting).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(H1Error::Connect(e)),
-            Err(_) => return Err(H1Error::ConnectTimeout(self.connect_timeout)),
+            Err(_) => return Err(H1Error::ConnectTimeout(self.settings.connect_timeout)),
         };
         let _ = stream.set_nodelay(true);
         let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
         Ok(Conn::new(stream))
     }
+}
+
+/// Whether `e` says the peer closed (FIN or RST) the connection.
+pub fn is_closed(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+    )
 }
 
 /// A failed exchange; `stale` when a reused connection failed before any response byte: the
@@ -171,17 +174,8 @@ async fn exchange(
     method: &Method,
     limits: response::Limits,
 ) -> Result<(Conn, response::Head), Failed> {
-    let stale_if = |conn: &Conn, received: bool, e: &std::io::Error| {
-        conn.reused
-            && !received
-            && matches!(
-                e.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::UnexpectedEof
-            )
-    };
+    let stale_if =
+        |conn: &Conn, received: bool, e: &std::io::Error| conn.reused && !received && is_closed(e);
     if let Err(e) = conn.stream.write_all(wire).await {
         return Err(Failed {
             stale: stale_if(&conn, false, &e),
