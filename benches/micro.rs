@@ -12,6 +12,7 @@ use levee::layers::retry::budget::RetryBudget;
 use levee::metrics::Metrics;
 use levee::proxy::forward::{add_forwarding_headers, client_ip, strip_hop_by_hop, Peer};
 use levee::proxy::route::Router;
+use levee::traffic::matcher::{HeaderMatch, PathMatch, Pattern, RequestView, RouteMatch};
 use levee::upstream::Upstream;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +36,84 @@ fn router(c: &mut Criterion) {
             )
         })
     });
+}
+
+/// 100 routes, each host (25) with a `path_regex` route, a header-regex route, a method and
+/// header route and a plain prefix: the request's host table is found by hash and the request
+/// matches only the last route of it, so every matcher of its host is tried.
+fn router_matchers(c: &mut Criterion) {
+    let hosts: Vec<String> = (0..25).map(|i| format!("svc{i}.example.com")).collect();
+    let mut routes: Vec<(Option<&str>, RouteMatch)> = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        for m in per_host_matchers(i) {
+            routes.push((Some(h.as_str()), m));
+        }
+    }
+    let r = Router::with_matchers(routes.iter().map(|(h, m)| (*h, m)));
+    let (headers, method) = bench_headers();
+    let req = RequestView {
+        path: "/api/v1/users/42",
+        query: Some("variant=x&page=2"),
+        method: &method,
+        headers: &headers,
+    };
+    assert_eq!(r.find_request("svc17.example.com", &req), Some(17 * 4 + 3));
+    c.bench_function("router_match_100_routes_with_matchers", |b| {
+        b.iter(|| r.find_request(black_box("svc17.example.com"), black_box(&req)))
+    });
+    // The worst case: 100 routes in one table (no host), 60 of them regexes on the request's
+    // path or header, and the request matches only the last.
+    let mut one_table: Vec<RouteMatch> = Vec::new();
+    for i in 0..30 {
+        one_table.extend(per_host_matchers(i).into_iter().take(2));
+    }
+    for i in 0..39 {
+        one_table.push(RouteMatch {
+            query: vec![("variant".into(), format!("{i}"))],
+            ..RouteMatch::prefix(&format!("/api/v{i}"))
+        });
+    }
+    one_table.push(RouteMatch::prefix("/"));
+    let r = Router::with_matchers(one_table.iter().map(|m| (None, m)));
+    assert_eq!(r.find_request("any.example.com", &req), Some(99));
+    c.bench_function("router_match_100_routes_one_table_60_regexes", |b| {
+        b.iter(|| r.find_request(black_box("any.example.com"), black_box(&req)))
+    });
+}
+
+/// A `path_regex` route, a header-regex route, a method and header route, a plain prefix.
+fn per_host_matchers(i: usize) -> Vec<RouteMatch> {
+    vec![
+        RouteMatch {
+            path: PathMatch::Regex(Pattern::new(&format!("^/v{i}/[a-z]+/[0-9]+$")).unwrap()),
+            ..RouteMatch::default()
+        },
+        RouteMatch {
+            headers: vec![(
+                HeaderName::from_static("x-tenant"),
+                HeaderMatch::Regex(Pattern::new(&format!("^tenant-{i}(-eu)?$")).unwrap()),
+            )],
+            ..RouteMatch::prefix("/api")
+        },
+        RouteMatch {
+            methods: vec![http::Method::POST],
+            headers: vec![(
+                HeaderName::from_static("x-canary"),
+                HeaderMatch::Exact(format!("{i}")),
+            )],
+            ..RouteMatch::prefix("/api/v1")
+        },
+        RouteMatch::prefix("/"),
+    ]
+}
+
+fn bench_headers() -> (HeaderMap, http::Method) {
+    let mut headers = HeaderMap::new();
+    headers.insert("x-tenant", HeaderValue::from_static("tenant-99"));
+    headers.insert("x-canary", HeaderValue::from_static("none"));
+    headers.insert("user-agent", HeaderValue::from_static("bench/1.0"));
+    headers.insert("accept", HeaderValue::from_static("*/*"));
+    (headers, http::Method::GET)
 }
 
 fn breaker(c: &mut Criterion) {
@@ -143,6 +222,49 @@ endpoints = ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003", "127.0.0.1:90
     });
 }
 
+/// A 95/5 split's pick, with both breakers closed and with the canary's open.
+fn split(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _g = rt.enter();
+    let text = r#"
+[[listener]]
+bind = "127.0.0.1:0"
+[[route]]
+split = [{ upstream = "stable", weight = 95 }, { upstream = "canary", weight = 5 }]
+[[upstream]]
+name = "stable"
+endpoints = ["127.0.0.1:9001"]
+[[upstream]]
+name = "canary"
+endpoints = ["127.0.0.1:9002"]
+"#;
+    let config = levee::config::parse("bench.toml", text, std::path::Path::new(".")).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let ups: Vec<Arc<Upstream>> = config
+        .upstreams
+        .iter()
+        .map(|u| Arc::new(Upstream::new(u, &metrics).unwrap()))
+        .collect();
+    let split =
+        levee::proxy::split::Split::new("api", &config.routes[0].split, &ups, None, &metrics)
+            .unwrap();
+    c.bench_function("split_pick_95_5", |b| {
+        b.iter(|| split.pick(black_box(Instant::now())))
+    });
+    ups[1]
+        .breaker
+        .published
+        .publish(&levee::layers::breaker::state::BreakerState::Open {
+            until: Instant::now() + Duration::from_secs(3600),
+        });
+    c.bench_function("split_pick_95_5_canary_open", |b| {
+        b.iter(|| split.pick(black_box(Instant::now())))
+    });
+}
+
 fn headers(c: &mut Criterion) {
     let mut base = HeaderMap::new();
     for (k, v) in [
@@ -187,5 +309,17 @@ fn metrics(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, router, breaker, limiter, budget, outlier, balance, headers, metrics);
+criterion_group!(
+    benches,
+    router,
+    router_matchers,
+    breaker,
+    limiter,
+    budget,
+    outlier,
+    balance,
+    split,
+    headers,
+    metrics
+);
 criterion_main!(benches);

@@ -1,4 +1,5 @@
-//! The admin listener: the dashboard at `/`, `/healthz`, `/ready`, `/metrics`, `/status`, `POST /reload`.
+//! The admin listener: the dashboard at `/`, `/healthz`, `/ready`, `/metrics`, `/status`,
+//! `GET /config`, `POST /reload`, and operators' overrides under `/overrides` ([`overrides`]).
 //! It binds loopback by default; actions that change traffic are refused on other addresses
 //! unless `[admin] allow_actions = true`.
 //!
@@ -9,6 +10,10 @@
 //! holding a descriptor, until one ends. Only requests whose `Host` is an IP address,
 //! `localhost` or a name in `[admin] allowed_hosts` are answered (403 otherwise): a page on
 //! another site that rebinds its DNS name to 127.0.0.1 sends its own name as `Host`.
+
+mod overrides;
+
+pub use overrides::AdminPeer;
 
 use crate::runtime::Levee;
 use crate::shared::Shared;
@@ -45,13 +50,14 @@ pub fn spawn(listener: TcpListener, shared: Arc<Shared>, levee: Weak<Levee>) {
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     let builder = Arc::new(builder);
+    overrides::spawn_expiry(&shared);
     tokio::spawn(async move {
         loop {
             // Wait for a free slot before accepting: a waiting client costs no descriptor.
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 return;
             };
-            let (stream, _) = match listener.accept().await {
+            let (stream, peer) = match listener.accept().await {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept failed");
@@ -67,7 +73,10 @@ pub fn spawn(listener: TcpListener, shared: Arc<Shared>, levee: Weak<Levee>) {
             let builder = builder.clone();
             tokio::spawn(async move {
                 let _slot = slot;
-                let svc = service_fn(move |req| serve(shared.clone(), levee.clone(), req));
+                let svc = service_fn(move |mut req: Request<Incoming>| {
+                    req.extensions_mut().insert(AdminPeer(peer));
+                    serve(shared.clone(), levee.clone(), req)
+                });
                 let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
             });
         }
@@ -95,6 +104,21 @@ fn is_cross_site(req: &Request<Incoming>) -> bool {
         .or_else(|| origin.strip_prefix("https://"))
         .is_some_and(|o| o.eq_ignore_ascii_case(host));
     !same
+}
+
+/// Why an action (reload, setting or ending an override) is refused for this request, if it is:
+/// on a non-loopback admin listener without `[admin] allow_actions`, or from another site.
+fn action_refused(
+    req: &Request<Incoming>,
+    admin: &crate::config::AdminConfig,
+) -> Option<&'static str> {
+    if !(admin.bind.ip().is_loopback() || admin.allow_actions) {
+        Some("actions over a non-loopback admin listener need [admin] allow_actions = true")
+    } else if is_cross_site(req) {
+        Some("cross-site request refused: act from the dashboard or a non-browser client")
+    } else {
+        None
+    }
 }
 
 /// The host a request names this listener by (DNS-rebinding protection checks it): the
@@ -183,6 +207,10 @@ async fn serve(
             "this admin listener answers requests for an IP address, localhost or a name in [admin] allowed_hosts\n",
         ));
     }
+    if overrides::handles(req.uri().path()) {
+        let refused = action_refused(&req, &shared.snapshot.load().config.admin);
+        return Ok(overrides::serve(&shared, req, refused).await);
+    }
     let resp = match (req.method(), req.uri().path()) {
         (&Method::GET, "/") => dashboard(),
         (&Method::GET, "/healthz") => text(StatusCode::OK, PLAIN, "ok\n"),
@@ -207,21 +235,15 @@ async fn serve(
         (&Method::GET, "/status") => {
             text(StatusCode::OK, JSON, status::render(&shared).to_string())
         }
+        // The running config as loaded, secrets removed (`crate::config::shown`).
+        (&Method::GET, "/config") => text(
+            StatusCode::OK,
+            "application/toml; charset=utf-8",
+            crate::config::shown::to_toml(&shared.snapshot.load().config.shown),
+        ),
         (&Method::POST, "/reload") => {
-            let snapshot = shared.snapshot.load();
-            let admin = &snapshot.config.admin;
-            if !(admin.bind.ip().is_loopback() || admin.allow_actions) {
-                text(
-                    StatusCode::FORBIDDEN,
-                    PLAIN,
-                    "reload over a non-loopback admin listener needs [admin] allow_actions = true\n",
-                )
-            } else if is_cross_site(&req) {
-                text(
-                    StatusCode::FORBIDDEN,
-                    PLAIN,
-                    "cross-site POST refused: reload from the dashboard or a non-browser client\n",
-                )
+            if let Some(why) = action_refused(&req, &shared.snapshot.load().config.admin) {
+                text(StatusCode::FORBIDDEN, PLAIN, format!("{why}\n"))
             } else {
                 match levee.upgrade() {
                     None => text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "shutting down\n"),
@@ -244,7 +266,7 @@ async fn serve(
                 }
             }
         }
-        (_, "/" | "/healthz" | "/ready" | "/metrics" | "/status") => text(
+        (_, "/" | "/healthz" | "/ready" | "/metrics" | "/status" | "/config") => text(
             StatusCode::METHOD_NOT_ALLOWED,
             PLAIN,
             "method not allowed\n",

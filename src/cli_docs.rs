@@ -36,8 +36,8 @@ pub fn man_page(cmd: Command) -> io::Result<Vec<u8>> {
     Ok(page)
 }
 
-/// Writes levee.1 and one page per subcommand (levee-run.1, levee-check.1, ...) into `dir`;
-/// returns the paths written.
+/// Writes levee.1 and one page per subcommand (levee-run.1, levee-check.1, ...) and per
+/// sub-subcommand (levee-override-set.1, ...) into `dir`; returns the paths written.
 pub fn write_man_pages(cmd: Command, dir: &Path) -> io::Result<Vec<std::path::PathBuf>> {
     let mut cmd = cmd.disable_help_subcommand(true);
     // Gives each subcommand its display name ("levee-run") and the global options.
@@ -48,6 +48,13 @@ pub fn write_man_pages(cmd: Command, dir: &Path) -> io::Result<Vec<std::path::Pa
             .source(SOURCE)
             .manual(MANUAL);
         written.push(man.generate_to(dir)?);
+        // `levee override set|list|clear`: a page each, like git's.
+        for leaf in sub.get_subcommands().filter(|s| !s.is_hide_set()) {
+            let man = clap_mangen::Man::new(leaf.clone())
+                .source(SOURCE)
+                .manual(MANUAL);
+            written.push(man.generate_to(dir)?);
+        }
     }
     let main = dir.join("levee.1");
     std::fs::File::create(&main)?.write_all(&man_page(cmd)?)?;
@@ -75,6 +82,10 @@ Drain: \fB/ready\fR turns 503, the listeners stop accepting, in\-flight requests
 .B 1
 \fBcheck\fR: the config has problems (each printed as FILE:LINE:COL: message);
 \fBrun\fR: the config is invalid or a listener could not be bound.
+.TP
+.B 2
+\fBcheck \-\-diff\fR: the config is valid, but there is nothing to compare it with
+(the admin listener does not answer, or the \fB\-\-against\fR file is not valid).
 .SH ENVIRONMENT
 .TP
 .B RUST_LOG
@@ -96,6 +107,7 @@ The systemd unit: \fBsystemctl reload levee\fR sends SIGHUP, \fBsystemctl stop l
 .BR levee\-run (1),
 .BR levee\-check (1),
 .BR levee\-status (1),
+.BR levee\-override (1),
 .BR systemctl (1),
 .BR journalctl (1)
 .PP
@@ -112,6 +124,12 @@ mod tests {
             .about("a proxy")
             .subcommand(Command::new("run").about("Run the proxy."))
             .subcommand(Command::new("check").about("Check the config."))
+            .subcommand(
+                Command::new("override")
+                    .about("Hold a target.")
+                    .subcommand(Command::new("set").about("Set one."))
+                    .subcommand(Command::new("list").about("List them.")),
+            )
     }
 
     #[test]
@@ -136,7 +154,19 @@ mod tests {
             .iter()
             .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
             .collect();
-        assert_eq!(names, ["levee-check.1", "levee-run.1", "levee.1"]);
+        assert_eq!(
+            names,
+            [
+                "levee-check.1",
+                "levee-override-list.1",
+                "levee-override-set.1",
+                "levee-override.1",
+                "levee-run.1",
+                "levee.1"
+            ]
+        );
+        let set = std::fs::read_to_string(dir.join("levee-override-set.1")).unwrap();
+        assert!(set.contains(".TH levee-override-set 1"), "{set}");
         let run = std::fs::read_to_string(dir.join("levee-run.1")).unwrap();
         assert!(run.contains(".TH levee-run 1"), "{run}");
         assert!(run.contains(SOURCE), "{run}");
@@ -148,5 +178,6 @@ mod tests {
         let bash = String::from_utf8(completions(cli(), Shell::Bash)).unwrap();
         assert!(bash.contains("complete -F _levee"), "{bash}");
         assert!(bash.contains("run") && bash.contains("check"), "{bash}");
+        assert!(bash.contains("levee__subcmd__override,set"), "{bash}");
     }
 }

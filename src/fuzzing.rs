@@ -28,7 +28,10 @@ pub fn config(data: &[u8]) {
             assert!(!config.routes.is_empty(), "accepted with no route");
             for r in &config.routes {
                 assert!(
-                    config.upstreams.iter().any(|u| u.name == r.upstream),
+                    r.upstream.as_ref().map_or(r.answer.is_some(), |name| config
+                        .upstreams
+                        .iter()
+                        .any(|u| u.name == *name)),
                     "route {} names a missing upstream",
                     r.name
                 );

@@ -8,6 +8,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use levee::diff_cli::Against;
 use levee::logging::{self, LogFormat};
 use levee::{ConfigSource, Levee, Workers};
 use std::path::PathBuf;
@@ -15,6 +16,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 const DEFAULT_CONFIG: &str = "/etc/levee/levee.toml";
+/// Where `levee status` and `levee check --diff` find the admin listener by default.
+const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 
 #[derive(Parser)]
 #[command(
@@ -68,7 +71,45 @@ enum Command {
         watch: bool,
     },
     /// Parse and fully validate the config; bind nothing.
-    Check,
+    #[command(after_help = concat!(
+        "Preview a reload before running it:\n",
+        "  levee check --config NEW --diff                  against the running levee (GET /config)\n",
+        "  levee check --config NEW --diff --against OLD    against another config file\n",
+        "Exit status: 0 when the config is valid, 1 when not, 2 when --diff has nothing to compare with.",
+    ))]
+    Check {
+        /// Also print what reloading this config would change: routes, upstreams, listeners and
+        /// limits added, removed and modified, and for every upstream and limiter whether its
+        /// live state is kept or reset.
+        #[arg(long)]
+        diff: bool,
+        /// With --diff: the admin listener of the running levee to compare with
+        /// [default: 127.0.0.1:9901].
+        #[arg(
+            long,
+            value_name = "ADDR",
+            requires = "diff",
+            conflicts_with = "against"
+        )]
+        admin: Option<String>,
+        /// With --diff: compare with this config file instead of the running levee.
+        #[arg(
+            long,
+            value_name = "OLD",
+            requires = "diff",
+            value_hint = clap::ValueHint::FilePath
+        )]
+        against: Option<PathBuf>,
+        /// With --diff: print the diff as lines (text) or as one JSON document (json).
+        #[arg(
+            long,
+            value_enum,
+            value_name = "FORMAT",
+            default_value = "text",
+            requires = "diff"
+        )]
+        format: levee::diff_cli::Format,
+    },
     /// Run levee in front of two built-in demo backends.
     Demo {
         /// Proxy listener address.
@@ -83,6 +124,23 @@ enum Command {
         /// Admin listener address of the running levee.
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: String,
+    },
+    /// Hold an upstream's breaker open or closed, or drain or eject an endpoint, for a while.
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  levee override set upstream:api force_open --ttl 10m --reason \"db migration\"\n",
+        "  levee override set endpoint:api/10.0.0.11:8080 drain --ttl 30m --reason \"kernel update\"\n",
+        "  levee override list\n",
+        "  levee override clear 3\n",
+        "Overrides end by themselves after their TTL (at most 24h) and survive reloads while their\n",
+        "target exists. Setting one on a target that has one replaces it.",
+    ))]
+    Override {
+        /// Admin listener address of the running levee.
+        #[arg(long, default_value = "127.0.0.1:9901", global = true)]
+        admin: String,
+        #[command(subcommand)]
+        command: OverrideCommand,
     },
     /// Print a shell completion script.
     #[command(after_help = concat!(
@@ -103,6 +161,31 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum OverrideCommand {
+    /// Set an override (replacing one on the same target).
+    Set {
+        /// `upstream:NAME` or `endpoint:UPSTREAM/HOST:PORT`.
+        target: String,
+        /// force_open | force_closed (an upstream), drain | eject (an endpoint).
+        #[arg(value_parser = ["force_open", "force_closed", "drain", "eject"])]
+        action: String,
+        /// How long it holds, like `10m` (at most 24h).
+        #[arg(long)]
+        ttl: String,
+        /// Why, for whoever reads /status next.
+        #[arg(long)]
+        reason: String,
+    },
+    /// List the active overrides with their countdowns.
+    List,
+    /// End an override before its TTL.
+    Clear {
+        /// The override's id (`levee override list`).
+        id: String,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = cli
@@ -110,15 +193,48 @@ fn main() -> ExitCode {
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
     match cli.command {
-        Some(Command::Check) => {
+        Some(Command::Check {
+            diff,
+            ref admin,
+            ref against,
+            format,
+        }) => {
             // Warnings (an expired certificate) go to stderr next to the errors.
             logging::init(
                 Some(cli.log_level.as_deref().unwrap_or("warn")),
                 cli.log_format,
             );
-            check(config)
+            match (diff, against) {
+                (false, _) => check(config),
+                (true, Some(old)) => {
+                    levee::diff_cli::run(&config, Against::File(old.clone()), format)
+                }
+                (true, None) => {
+                    let admin = admin.clone().unwrap_or_else(|| DEFAULT_ADMIN.to_string());
+                    levee::diff_cli::run(&config, Against::Admin(admin), format)
+                }
+            }
         }
         Some(Command::Status { ref admin }) => levee::status_cli::run(admin),
+        Some(Command::Override { admin, command }) => {
+            use levee::override_cli::OverrideCommand as Cmd;
+            let command = match command {
+                OverrideCommand::Set {
+                    target,
+                    action,
+                    ttl,
+                    reason,
+                } => Cmd::Set {
+                    target,
+                    action,
+                    ttl,
+                    reason,
+                },
+                OverrideCommand::List => Cmd::List,
+                OverrideCommand::Clear { id } => Cmd::Clear { id },
+            };
+            levee::override_cli::run(&admin, command)
+        }
         Some(Command::Demo {
             ref bind,
             ref admin,

@@ -55,6 +55,12 @@ pub struct ModeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OverrideLabels {
+    pub target: String,
+    pub action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: &'static str,
 }
@@ -93,6 +99,8 @@ pub struct Metrics {
     pub redis_errors: Counter,
     pub redis_fallback: Family<ModeLabel, Counter>,
     pub redis_up: Gauge,
+    /// 1 while an operator's override is active, 0 once it has ended (`crate::overrides`).
+    pub override_active: Family<OverrideLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -126,6 +134,7 @@ impl Metrics {
             redis_errors: Counter::default(),
             redis_fallback: Family::default(),
             redis_up: Gauge::default(),
+            override_active: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -231,6 +240,11 @@ impl Metrics {
             "redis_up",
             "1 while Redis answers global rate limit calls, 0 while failing or unknown",
             m.redis_up.clone(),
+        );
+        r.register(
+            "override_active",
+            "Operator overrides by target and action: 1 while active, 0 after it expired or was cleared",
+            m.override_active.clone(),
         );
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
@@ -342,6 +356,13 @@ impl UpstreamMetrics {
             upstream: upstream.to_string(),
             endpoint: e.clone(),
         };
+        // An upstream's overrides read 0 from the first scrape (an endpoint's appear when first set).
+        for action in ["force_open", "force_closed"] {
+            drop(m.override_active.get_or_create(&OverrideLabels {
+                target: format!("upstream:{upstream}"),
+                action,
+            }));
+        }
         UpstreamMetrics {
             name: upstream.to_string(),
             duration: m.upstream_duration.get_or_create(&label).clone(),

@@ -24,17 +24,21 @@ pub struct Shared {
     pub last_reload: Mutex<Option<ReloadOutcome>>,
     /// The workers following [`Shared::publish`] (`crate::worker`).
     pub(crate) workers: Mutex<Vec<std::sync::Weak<crate::worker::Worker>>>,
+    /// Operators' timed overrides: one store for every worker (`crate::overrides`).
+    pub overrides: Arc<crate::overrides::live::Overrides>,
 }
 
 impl Shared {
     pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>) -> Arc<Shared> {
         metrics.config_version.set(snapshot.version as i64);
+        let overrides = Arc::new(crate::overrides::live::Overrides::new(metrics.clone()));
         Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
             ready: AtomicBool::new(false),
             last_reload: Mutex::new(None),
             workers: Mutex::new(Vec::new()),
+            overrides,
         })
     }
 
@@ -42,7 +46,9 @@ impl Shared {
     pub fn publish(&self, snapshot: Arc<Snapshot>) {
         // Under the lock a worker registers under: none starts on the previous snapshot unseen.
         let mut workers = self.workers.lock();
-        self.snapshot.store(snapshot.clone());
+        // The overrides go onto the new upstreams before any request can see them.
+        self.overrides
+            .carry_over(&snapshot, || self.snapshot.store(snapshot.clone()));
         workers.retain(|w| match w.upgrade() {
             Some(w) => {
                 w.set_snapshot(&snapshot);

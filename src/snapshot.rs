@@ -3,6 +3,7 @@
 //! validated `Config` and published with a single `ArcSwap::store`. A request loads it once and
 //! finishes on it, whatever reloads happen meanwhile.
 
+use crate::config::carry::{self, Carry};
 use crate::config::{Config, ListenerConfig, RateLimitScope};
 use crate::history::History;
 use crate::layers::rate_limit::RouteLimiter;
@@ -22,7 +23,11 @@ use std::time::{Duration, SystemTime};
 pub struct Route {
     pub name: Arc<str>,
     pub config: crate::config::RouteConfig,
-    pub upstream: Arc<Upstream>,
+    /// `None` on routes that answer themselves (`config.answer`); for a split route, its first
+    /// target.
+    pub upstream: Option<Arc<Upstream>>,
+    /// Set for a route with a weighted `split`.
+    pub split: Option<Arc<crate::proxy::split::Split>>,
     pub limiter: Option<Arc<RouteLimiter>>,
     pub retry: Option<Arc<RetryPolicy>>,
     /// Shared with the route's layers: cloning it is one reference count, not nine.
@@ -55,9 +60,10 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Builds a snapshot, reusing the live state of `previous` wherever the config is unchanged:
-    /// an upstream whose definition is equal keeps its breaker, ejections, health and pool; a
-    /// route whose limit or retry settings are equal keeps its buckets and budget.
+    /// Builds a snapshot, reusing the live state of `previous` where `crate::config::carry` (the
+    /// rule `levee check --diff` reports) says so: an upstream whose definition is equal keeps
+    /// its breaker, ejections, health and pool; a route whose limit or retry settings are equal
+    /// keeps its buckets and budget.
     pub fn build(
         config: Config,
         previous: Option<&Snapshot>,
@@ -65,17 +71,21 @@ impl Snapshot {
     ) -> Result<Snapshot, String> {
         let mut upstreams: Vec<Arc<Upstream>> = Vec::with_capacity(config.upstreams.len());
         for u in &config.upstreams {
-            let kept = previous
-                .and_then(|p| p.upstreams.iter().find(|old| old.config == *u))
+            let old =
+                previous.and_then(|p| p.upstreams.iter().find(|old| old.config.name == u.name));
+            let kept = old
+                .filter(|old| carry::upstream(Some(&old.config), u).is_kept())
                 .cloned();
             upstreams.push(match kept {
                 Some(old) => old,
                 None => {
                     let mut fresh = Upstream::new(u, metrics)?;
-                    if let Some(old) = previous
-                        .and_then(|p| p.upstreams.iter().find(|old| old.config.name == u.name))
-                    {
+                    if let Some(old) = old {
                         fresh.history = old.history.clone();
+                        let now = tokio::time::Instant::now();
+                        fresh
+                            .slow_start
+                            .mark_added(&u.endpoints, &old.config.endpoints, now);
                     }
                     Arc::new(fresh)
                 }
@@ -84,21 +94,23 @@ impl Snapshot {
         let redis = config.redis.as_ref().map(|c| {
             previous
                 .and_then(|p| p.redis.clone())
-                .filter(|old| old.config == *c)
+                .filter(|old| carry::redis(Some(&old.config), c).is_kept())
                 .unwrap_or_else(|| Arc::new(Redis::new(c, metrics)))
         });
         let mut routes = Vec::with_capacity(config.routes.len());
         for r in &config.routes {
-            let upstream = upstreams
-                .iter()
-                .find(|u| *u.name == *r.upstream)
-                .cloned()
-                .ok_or_else(|| {
-                    format!(
-                        "route \"{}\" names unknown upstream \"{}\"",
-                        r.name, r.upstream
-                    )
-                })?;
+            let upstream = match &r.upstream {
+                None => None,
+                Some(name) => Some(
+                    upstreams
+                        .iter()
+                        .find(|u| *u.name == **name)
+                        .cloned()
+                        .ok_or_else(|| {
+                            format!("route \"{}\" names unknown upstream \"{name}\"", r.name)
+                        })?,
+                ),
+            };
             let old = previous.and_then(|p| p.routes.iter().find(|o| o.config.name == r.name));
             let limiter = match &r.rate_limit {
                 None => None,
@@ -112,15 +124,15 @@ impl Snapshot {
                             )
                         })?),
                     };
-                    // Kept while its settings and its Redis are the same.
-                    let kept = old.and_then(|o| o.limiter.clone()).filter(|ol| {
-                        ol.config == *l
-                            && match (ol.redis(), &shared) {
-                                (None, None) => true,
-                                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                                _ => false,
-                            }
-                    });
+                    let redis_configs = (
+                        previous.and_then(|p| p.config.redis.as_ref()),
+                        config.redis.as_ref(),
+                    );
+                    let kept = old
+                        .filter(|o| {
+                            carry::limiter(Some(&o.config), r, redis_configs) == Some(Carry::Kept)
+                        })
+                        .and_then(|o| o.limiter.clone());
                     Some(kept.unwrap_or_else(|| {
                         Arc::new(match shared {
                             None => RouteLimiter::new(l),
@@ -130,27 +142,40 @@ impl Snapshot {
                 }
             };
             let retry = r.retry.as_ref().filter(|c| c.attempts > 1).map(|c| {
-                old.and_then(|o| o.retry.clone())
-                    .filter(|or| or.config == *c)
+                old.filter(|o| carry::retry_budget(Some(&o.config), r) == Some(Carry::Kept))
+                    .and_then(|o| o.retry.clone())
                     .unwrap_or_else(|| Arc::new(RetryPolicy::new(c)))
             });
             // The route's stack is built per worker (`crate::worker::WorkerSnapshot`).
-            let route_metrics = Arc::new(RouteMetrics::new(metrics, &r.name, &r.upstream));
+            let route_metrics = Arc::new(RouteMetrics::new(
+                metrics,
+                &r.name,
+                r.upstream.as_deref().unwrap_or_default(),
+            ));
+            let split = if r.split.is_empty() {
+                None
+            } else {
+                let previous = old.and_then(|o| o.split.as_deref());
+                Some(Arc::new(crate::proxy::split::Split::new(
+                    &r.name, &r.split, &upstreams, previous, metrics,
+                )?))
+            };
             routes.push(Route {
                 name: r.name.as_str().into(),
                 config: r.clone(),
                 upstream,
+                split,
                 limiter,
                 retry,
                 metrics: route_metrics,
                 history: old.map(|o| o.history.clone()).unwrap_or_default(),
             });
         }
-        let router = Router::new(
+        let router = Router::with_matchers(
             config
                 .routes
                 .iter()
-                .map(|r| (r.host.as_deref(), r.path_prefix.as_str())),
+                .map(|r| (r.host.as_deref(), &r.matcher)),
         );
         let mut listeners = HashMap::new();
         for l in &config.listeners {

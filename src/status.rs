@@ -21,6 +21,14 @@ pub fn render(shared: &Shared) -> Value {
     let now = Instant::now();
     let wall = SystemTime::now();
     let second = crate::history::unix_second();
+    // Active overrides, shown on their upstream or endpoint and in one list.
+    let overrides = shared.overrides.list();
+    let held = |target: crate::overrides::Target| {
+        overrides
+            .iter()
+            .find(|o| o.target == target)
+            .map(|o| o.to_json(now))
+    };
     let upstreams: Vec<Value> = snap
         .upstreams
         .iter()
@@ -34,10 +42,18 @@ pub fn render(shared: &Shared) -> Value {
                 .map(|(i, e)| {
                     let o = u.outlier.snapshot(i, now);
                     let ejected_for = o.ejected_until.map(|t| t.saturating_duration_since(now));
+                    let held = held(crate::overrides::Target::Endpoint {
+                        upstream: u.name.to_string(),
+                        address: e.address.clone(),
+                    });
+                    let held_ejected =
+                        e.hold.get() == Some(crate::upstream::hold::EndpointHoldKind::Eject);
                     json!({
                         "address": e.address,
+                        "weight": u.config.endpoint_weights.get(i).copied().unwrap_or(1),
                         "healthy": e.healthy.load(Ordering::Relaxed),
-                        "ejected": ejected_for.is_some(),
+                        "ejected": ejected_for.is_some() || held_ejected,
+                        "override": held,
                         "ejected_for_ms": ejected_for.map(ms),
                         "ejected_until": ejected_for.map(|d| unix(wall + d)),
                         "times_ejected": o.times_ejected,
@@ -55,6 +71,7 @@ pub fn render(shared: &Shared) -> Value {
             json!({
                 "name": &*u.name,
                 "balance": format!("{:?}", u.config.balance).to_ascii_lowercase(),
+                "override": held(crate::overrides::Target::Upstream(u.name.to_string())),
                 "breaker": {
                     "state": b.state.as_str(),
                     "reason": b.reason,
@@ -88,6 +105,7 @@ pub fn render(shared: &Shared) -> Value {
                 "host": r.config.host,
                 "path_prefix": r.config.path_prefix,
                 "upstream": r.config.upstream,
+                "split": r.split.as_ref().map(|s| s.status(now)),
                 "timeout_ms": ms(r.config.timeout),
                 "rate_limit": r.limiter.as_ref().map(|l| json!({
                     "rps": l.config.rps,
@@ -129,6 +147,7 @@ pub fn render(shared: &Shared) -> Value {
         "last_reload": last_reload,
         "upstreams": upstreams,
         "routes": routes,
+        "overrides": overrides.iter().map(|o| o.to_json(now)).collect::<Vec<_>>(),
         "redis": snap.redis.as_ref().map(|r| r.status()),
     })
 }

@@ -33,8 +33,14 @@ pub fn run(admin: &str) -> ExitCode {
 }
 
 async fn fetch(admin: &str) -> Result<Value, String> {
+    let body = get(admin, "/status").await?;
+    serde_json::from_str(&body).map_err(|e| format!("not a levee status document: {e}"))
+}
+
+/// The body of `GET http://ADMIN/PATH`, bounded by a 5 s timeout; an error unless it is a 2xx.
+pub async fn get(admin: &str, path: &str) -> Result<String, String> {
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let uri: http::Uri = format!("http://{admin}/status")
+    let uri: http::Uri = format!("http://{admin}{path}")
         .parse()
         .map_err(|e| format!("bad address: {e}"))?;
     let resp = tokio::time::timeout(Duration::from_secs(5), client.get(uri))
@@ -50,7 +56,7 @@ async fn fetch(admin: &str) -> Result<Value, String> {
         .await
         .map_err(|e| e.to_string())?
         .to_bytes();
-    serde_json::from_slice(&body).map_err(|e| format!("not a levee status document: {e}"))
+    String::from_utf8(body.to_vec()).map_err(|_| "the answer is not UTF-8".to_string())
 }
 
 fn s(v: &Value) -> String {
@@ -80,7 +86,19 @@ pub fn render_table(v: &Value) -> String {
         let name = s(&u["name"]);
         let mut first = true;
         for e in u["endpoints"].as_array().into_iter().flatten() {
-            let health = if e["ejected"].as_bool() == Some(true) {
+            let held = &e["override"];
+            let health = if held.is_object() {
+                format!(
+                    "{} (override {}, {})",
+                    if held["action"] == "drain" {
+                        "drained"
+                    } else {
+                        "ejected"
+                    },
+                    s(&held["id"]),
+                    crate::override_cli::countdown(&held["expires_in_ms"])
+                )
+            } else if e["ejected"].as_bool() == Some(true) {
                 format!("ejected {}ms", s(&e["ejected_for_ms"]))
             } else if e["healthy"].as_bool() == Some(false) {
                 "unhealthy".into()
@@ -138,6 +156,43 @@ pub fn render_table(v: &Value) -> String {
     for r in &rows {
         out.push_str(&line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]));
     }
+    out.push_str(&render_splits(v));
+    if v["overrides"].as_array().is_some_and(|a| !a.is_empty()) {
+        out.push_str("\noverrides:\n");
+        out.push_str(&crate::override_cli::render_list(&v["overrides"]));
+    }
+    out
+}
+
+/// One line per split route: each target's configured and effective share, then the shift in
+/// words ("canary: breaker open, its 5% goes to stable").
+fn render_splits(v: &Value) -> String {
+    let mut out = String::new();
+    for r in v["routes"].as_array().into_iter().flatten() {
+        let Some(targets) = r["split"]["targets"].as_array() else {
+            continue;
+        };
+        let shares: Vec<String> = targets
+            .iter()
+            .map(|t| {
+                format!(
+                    "{} {}% (now {}%, breaker {})",
+                    s(&t["upstream"]),
+                    s(&t["configured_percent"]),
+                    s(&t["effective_percent"]),
+                    s(&t["breaker"])
+                )
+            })
+            .collect();
+        out.push_str(&format!(
+            "route {} splits: {}\n",
+            s(&r["name"]),
+            shares.join(", ")
+        ));
+        if let Some(shift) = r["split"]["shift"].as_str() {
+            out.push_str(&format!("  {shift}\n"));
+        }
+    }
     out
 }
 
@@ -161,5 +216,48 @@ mod tests {
         assert!(lines[2].starts_with("melting"), "{t}");
         assert!(lines[2].contains("failure rate 90%"));
         assert_eq!(lines[1].find("ENDPOINT "), lines[2].find("127.0.0.1:2"));
+        assert!(
+            !t.contains("overrides:"),
+            "no override section without overrides: {t}"
+        );
+    }
+
+    #[test]
+    fn overrides_show_on_their_endpoint_and_in_a_list_with_countdowns() {
+        let held = serde_json::json!({"id": 4, "target": "endpoint:fine/127.0.0.1:1", "action": "drain",
+            "expires_in_ms": 90_000, "reason": "deploy", "set_by": "127.0.0.1:5"});
+        let v = serde_json::json!({
+            "version": 2, "hash": "ab",
+            "upstreams": [
+                {"name": "fine", "breaker": {"state": "closed", "reason": "ok"}, "endpoints": [
+                    {"address": "127.0.0.1:1", "healthy": true, "ejected": false, "override": held,
+                     "in_flight": 1, "requests": 5, "failures": 0}]}
+            ],
+            "overrides": [held],
+        });
+        let t = render_table(&v);
+        assert!(t.contains("drained (override 4, 1m 30s left)"), "{t}");
+        assert!(t.contains("\noverrides:\nID"), "{t}");
+        assert!(t.contains("endpoint:fine/127.0.0.1:1"), "{t}");
+    }
+
+    #[test]
+    fn a_shifted_split_is_said_in_words() {
+        let v = serde_json::json!({
+            "version": 1, "hash": "ab", "upstreams": [],
+            "routes": [{"name": "api", "split": {"targets": [
+                {"upstream": "stable", "configured_percent": 95.0, "effective_percent": 100.0, "breaker": "closed"},
+                {"upstream": "canary", "configured_percent": 5.0, "effective_percent": 0.0, "breaker": "open"}],
+                "shift": "canary: breaker open, its 5% goes to stable"}}]
+        });
+        let t = render_table(&v);
+        assert!(
+            t.contains("route api splits: stable 95.0% (now 100.0%, breaker closed), canary 5.0% (now 0.0%, breaker open)"),
+            "{t}"
+        );
+        assert!(
+            t.contains("  canary: breaker open, its 5% goes to stable\n"),
+            "{t}"
+        );
     }
 }

@@ -62,14 +62,16 @@ impl Workers {
 /// metrics' counts would be written by every core.
 pub struct WorkerSnapshot {
     pub snapshot: Arc<Snapshot>,
-    /// `snapshot.routes[i]`'s stack is `stacks[i]`.
-    pub stacks: Vec<WorkerRoute>,
+    /// `snapshot.routes[i]`'s stack is `stacks[i]`; `None` for a route that answers itself.
+    pub stacks: Vec<Option<WorkerRoute>>,
 }
 
 /// One route's stack as a worker runs it.
 pub struct WorkerRoute {
     pub stack: RouteStack,
     pub upstream: Arc<WorkerUpstream>,
+    /// A split route's targets, in the order of its `split` (empty for one upstream).
+    pub split: Box<[crate::proxy::split::WorkerTarget]>,
 }
 
 impl WorkerSnapshot {
@@ -83,16 +85,27 @@ impl WorkerSnapshot {
             .routes
             .iter()
             .map(|r| {
+                let route_upstream = r.upstream.as_ref()?;
                 let upstream = upstreams
                     .iter()
-                    .find(|u| Arc::ptr_eq(&u.0, &r.upstream))
+                    .find(|u| Arc::ptr_eq(&u.0, route_upstream))
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(WorkerUpstream(r.upstream.clone())));
+                    .unwrap_or_else(|| Arc::new(WorkerUpstream(route_upstream.clone())));
                 let metrics = Arc::new(RouteMetrics::clone(&r.metrics));
-                WorkerRoute {
+                let split = match &r.split {
+                    Some(split) => crate::proxy::split::worker_targets(
+                        split,
+                        &upstreams,
+                        r.limiter.as_ref(),
+                        r.retry.as_ref(),
+                    ),
+                    None => Box::new([]),
+                };
+                Some(WorkerRoute {
+                    split,
                     stack: stack::build(&upstream, r.limiter.as_ref(), r.retry.as_ref(), &metrics),
                     upstream,
-                }
+                })
             })
             .collect();
         WorkerSnapshot { snapshot, stacks }

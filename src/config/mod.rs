@@ -2,9 +2,15 @@
 //! and errors that point at `FILE:LINE:COL` (`diagnostics`). `levee check`, startup and every
 //! reload go through [`load`], so they can never disagree.
 
+pub mod carry;
 pub mod diagnostics;
+pub mod diff;
 pub mod model;
 pub mod raw;
+mod recovery;
+pub mod shown;
+pub mod split;
+pub mod traffic;
 pub mod units;
 pub mod validate;
 
@@ -42,6 +48,7 @@ pub fn parse(file: &str, text: &str, base_dir: &Path) -> Result<Config, ConfigEr
     d.finish()?;
     let mut config = config.ok_or_else(|| ConfigErrors(Vec::new()))?;
     config.hash = content_hash(&without_secrets(text, secrets));
+    config.shown = std::sync::Arc::new(shown::table(text, base_dir));
     Ok(config)
 }
 

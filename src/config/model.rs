@@ -21,6 +21,9 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     /// Hash of the file's bytes, shown in `/status` so operators can tell which file is live.
     pub hash: String,
+    /// The file as parsed, secrets removed, paths absolute: what `GET /config` shows
+    /// (`super::shown`).
+    pub shown: std::sync::Arc<toml::Table>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -123,13 +126,29 @@ pub struct RouteConfig {
     pub name: String,
     pub host: Option<String>,
     pub path_prefix: String,
-    pub upstream: String,
+    /// The upstream: `None` on routes that answer themselves (`answer`); for a split route,
+    /// its first target (so labels and lookups keyed on one upstream keep working).
+    pub upstream: Option<String>,
+    /// A weighted split (`crate::proxy::split`); empty for a route with one upstream.
+    pub split: Vec<SplitTarget>,
+    /// The path and the method, header and query conditions the router matches.
+    pub matcher: crate::traffic::matcher::RouteMatch,
+    pub rewrite: crate::traffic::rewrite::RouteRewrite,
+    /// `redirect` or `direct_response`: answered by levee, no upstream.
+    pub answer: Option<crate::traffic::redirect::LocalAnswer>,
     pub timeout: Duration,
     pub max_body: Option<u64>,
     pub retry: Option<RetryConfig>,
     pub rate_limit: Option<RateLimitConfig>,
     /// A WebSocket tunnel with no bytes either way for this long is closed.
     pub tunnel_idle_timeout: Duration,
+}
+
+/// One target of a split route: an upstream and its share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitTarget {
+    pub upstream: String,
+    pub weight: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,6 +168,8 @@ pub struct UpstreamConfig {
     pub name: String,
     /// `host:port` strings, as written; the connector resolves names.
     pub endpoints: Vec<String>,
+    /// `endpoints[i]`'s weight (1 unless written); the balancer respects it.
+    pub endpoint_weights: Vec<u32>,
     pub balance: Balance,
     pub connect_timeout: Duration,
     pub protocol: UpstreamProtocol,

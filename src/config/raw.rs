@@ -3,6 +3,7 @@
 
 use super::units::{Dur, Size};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use toml::Spanned;
 
 /// The whole file.
@@ -66,12 +67,60 @@ pub struct RawRoute {
     pub name: Option<Spanned<String>>,
     pub host: Option<Spanned<String>>,
     pub path_prefix: Option<Spanned<String>>,
-    pub upstream: Spanned<String>,
+    pub upstream: Option<Spanned<String>>,
+    /// A weighted split across upstreams instead of one `upstream` (`super::split`).
+    pub split: Option<Spanned<Vec<Spanned<RawSplitTarget>>>>,
     pub timeout: Option<Dur>,
     pub max_body: Option<Size>,
     pub retry: Option<Spanned<RawRetry>>,
     pub rate_limit: Option<Spanned<RawRateLimit>>,
     pub tunnel_idle_timeout: Option<Spanned<Dur>>,
+    // Matchers, rewrites and self-answers (`super::traffic`).
+    pub path: Option<Spanned<String>>,
+    pub path_regex: Option<Spanned<String>>,
+    pub methods: Option<Vec<Spanned<String>>>,
+    pub headers: Option<BTreeMap<String, Spanned<toml::Value>>>,
+    pub query: Option<BTreeMap<String, Spanned<String>>>,
+    pub strip_prefix: Option<Spanned<String>>,
+    pub replace_prefix: Option<Spanned<RawReplacePrefix>>,
+    pub host_rewrite: Option<Spanned<String>>,
+    pub request_headers: Option<Spanned<RawHeaderRewrite>>,
+    pub response_headers: Option<Spanned<RawHeaderRewrite>>,
+    pub redirect: Option<Spanned<RawRedirect>>,
+    pub direct_response: Option<Spanned<RawDirectResponse>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReplacePrefix {
+    pub from: Spanned<String>,
+    pub to: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderRewrite {
+    pub set: Option<BTreeMap<String, Spanned<String>>>,
+    pub add: Option<BTreeMap<String, Spanned<String>>>,
+    pub remove: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedirect {
+    pub scheme: Option<Spanned<String>>,
+    pub host: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub prefix: Option<Spanned<String>>,
+    pub status: Option<Spanned<u16>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDirectResponse {
+    pub status: Spanned<u16>,
+    pub body: Option<String>,
+    pub content_type: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,7 +173,7 @@ pub struct RawRedis {
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     pub name: Spanned<String>,
-    pub endpoints: Spanned<Vec<Spanned<String>>>,
+    pub endpoints: Spanned<Vec<Spanned<RawEndpoint>>>,
     pub balance: Option<Spanned<String>>,
     pub connect_timeout: Option<Dur>,
     pub protocol: Option<Spanned<String>>,
@@ -154,6 +203,8 @@ pub struct RawBreaker {
     pub max_pending: Option<u32>,
     pub failure_statuses: Option<Vec<Spanned<toml::Value>>>,
     pub failure_grpc_statuses: Option<Vec<Spanned<toml::Value>>>,
+    pub probe_path: Option<Spanned<String>>,
+    pub ramp_duration: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,4 +234,28 @@ pub struct RawHealthCheck {
     pub timeout: Option<Dur>,
     pub healthy_threshold: Option<u32>,
     pub unhealthy_threshold: Option<u32>,
+}
+
+/// One target of a route's `split`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSplitTarget {
+    pub upstream: Spanned<String>,
+    pub weight: Spanned<i64>,
+}
+
+/// An endpoint: `"host:port"`, or `{ address = "host:port", weight = 3 }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawEndpoint {
+    Address(String),
+    Weighted(RawWeightedEndpoint),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWeightedEndpoint {
+    pub address: String,
+    /// Not `Spanned`: an untagged enum is buffered, which loses spans; errors point at the entry.
+    pub weight: i64,
 }

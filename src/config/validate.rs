@@ -30,6 +30,8 @@ pub fn validate(raw: RawConfig, base_dir: &Path, d: &mut Diagnostics) -> Option<
         .collect();
     let redis = raw.redis.map(|r| redis(r.into_inner(), d));
     let has_redis = redis.is_some();
+    let route_spans: Vec<std::ops::Range<usize>> =
+        raw.route.iter().map(super::traffic::route_span).collect();
     let routes: Vec<RouteConfig> = raw
         .route
         .into_iter()
@@ -51,6 +53,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path, d: &mut Diagnostics) -> Option<
     if !d.is_empty() {
         return None;
     }
+    super::traffic::warn_shadowed(&routes, &route_spans, d);
     Some(Config {
         admin,
         listeners,
@@ -58,6 +61,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path, d: &mut Diagnostics) -> Option<
         upstreams,
         redis,
         hash: String::new(),
+        shown: Default::default(),
     })
 }
 
@@ -115,7 +119,7 @@ fn socket_addr(s: &Spanned<String>, d: &mut Diagnostics) -> Option<SocketAddr> {
     }
 }
 
-fn resolve(base_dir: &Path, p: &str) -> PathBuf {
+pub(super) fn resolve(base_dir: &Path, p: &str) -> PathBuf {
     let path = PathBuf::from(p);
     if path.is_absolute() {
         path
@@ -284,27 +288,20 @@ fn route(
         .as_ref()
         .map(|n| n.get_ref().clone())
         .unwrap_or_else(|| format!("route{i}"));
-    let target = raw.upstream.get_ref();
-    if !upstreams.iter().any(|u| &u.name == target) {
-        let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
-        let hint = names
-            .iter()
-            .map(|n| (strsim::jaro_winkler(target, n), *n))
-            .filter(|(s, _)| *s > 0.7)
-            .max_by(|a, b| a.0.total_cmp(&b.0))
-            .map(|(_, n)| format!(": did you mean \"{n}\"?"))
-            .unwrap_or_else(|| {
-                if names.is_empty() {
-                    ": no [[upstream]] is defined".to_string()
-                } else {
-                    format!(": defined upstreams are {}", names.join(", "))
-                }
-            });
-        d.at(
-            raw.upstream.span(),
-            format!("route \"{name}\" names upstream \"{target}\", which does not exist{hint}"),
-        );
+    // Exactly one of upstream, split, redirect and direct_response (`super::traffic`).
+    super::traffic::check_target(&raw, &name, d);
+    let split = match &raw.split {
+        Some(s) => super::split::split(&name, s, upstreams, d),
+        None => Vec::new(),
+    };
+    if let Some(u) = &raw.upstream {
+        super::split::check_upstream_name(&name, u, upstreams, d);
     }
+    let target = raw
+        .upstream
+        .as_ref()
+        .map(|u| u.get_ref().clone())
+        .or_else(|| split.first().map(|t| t.upstream.clone()));
     let host = raw.host.as_ref().and_then(|h| {
         let v = h.get_ref().trim().to_ascii_lowercase();
         let bare = v.strip_prefix("*.").unwrap_or(&v);
@@ -343,6 +340,7 @@ fn route(
         }
         Some(t) => t.get_ref().0,
     };
+    let traffic = super::traffic::traffic(&raw, &path_prefix, d);
     let retry = raw.retry.map(|r| retry(r.into_inner(), d));
     let rate_limit = raw
         .rate_limit
@@ -351,7 +349,11 @@ fn route(
         name,
         host,
         path_prefix,
-        upstream: target.clone(),
+        upstream: target,
+        split,
+        matcher: traffic.matcher,
+        rewrite: traffic.rewrite,
+        answer: traffic.answer,
         timeout: raw.timeout.map(|t| t.0).unwrap_or(Duration::from_secs(30)),
         max_body: raw.max_body.map(|s| s.0),
         retry,
@@ -558,11 +560,14 @@ fn upstream(raw: RawUpstream, base_dir: &Path, d: &mut Diagnostics) -> Option<Up
         );
     }
     let mut endpoints = Vec::new();
+    let mut endpoint_weights = Vec::new();
     for e in raw.endpoints.get_ref() {
-        let v = e.get_ref();
+        let (v, weight) = super::split::endpoint(e, d);
+        let v = &v;
         match v.rsplit_once(':') {
             Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) && !v.contains('/') => {
-                endpoints.push(v.clone())
+                endpoints.push(v.clone());
+                endpoint_weights.push(weight);
             }
             _ => d.at(e.span(), format!(r#"invalid endpoint "{v}": write HOST:PORT, like "127.0.0.1:9001" or "app.internal:8080""#)),
         }
@@ -653,6 +658,7 @@ fn upstream(raw: RawUpstream, base_dir: &Path, d: &mut Diagnostics) -> Option<Up
     Some(UpstreamConfig {
         name,
         endpoints,
+        endpoint_weights,
         balance,
         connect_timeout: raw
             .connect_timeout
@@ -849,6 +855,9 @@ fn breaker(raw: RawBreaker, d: &mut Diagnostics) -> BreakerConfig {
                 .unwrap_or(open_duration)
                 .max(open_duration),
             half_open_calls,
+            probe_path: super::recovery::probe_path(&raw.probe_path, d),
+            ramp_duration: raw.ramp_duration.map(|x| x.0).filter(|r| !r.is_zero()),
+            reopen_jitter: defaults.reopen_jitter,
         },
         max_concurrent_requests,
         max_pending: raw.max_pending.unwrap_or(1024),
@@ -998,6 +1007,15 @@ pub fn check_uniqueness(raw: &RawConfig, d: &mut Diagnostics) {
             .as_ref()
             .map(|h| h.get_ref().to_ascii_lowercase())
             .unwrap_or_default();
+        // Routes that differ by other matchers are distinct; `levee check` warns about shadows.
+        if r.path.is_some()
+            || r.path_regex.is_some()
+            || r.methods.is_some()
+            || r.headers.is_some()
+            || r.query.is_some()
+        {
+            continue;
+        }
         let prefix = r
             .path_prefix
             .as_ref()
@@ -1008,7 +1026,7 @@ pub fn check_uniqueness(raw: &RawConfig, d: &mut Diagnostics) {
                 .path_prefix
                 .as_ref()
                 .map(|p| p.span())
-                .unwrap_or(r.upstream.span());
+                .unwrap_or_else(|| super::traffic::route_span(r));
             d.at(span, format!("another route already matches host \"{host}\" and path_prefix \"{prefix}\": this one would never be used"));
         }
     }

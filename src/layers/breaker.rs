@@ -3,6 +3,10 @@
 //! half-open) is pure and lives in [`state`]; this file is the plumbing around it: a lock, the
 //! clock, logging and metrics of transitions, and the tower service that asks before every call.
 
+pub mod hold;
+pub mod published;
+pub mod ramp;
+mod recovery;
 pub mod state;
 pub mod window;
 
@@ -10,6 +14,7 @@ use crate::call::{Call, CallFuture, CallService};
 use crate::error::ProxyError;
 use crate::metrics::{Metrics, TransitionLabels};
 use crate::upstream::WorkerUpstream;
+use hold::{BreakerHold, HoldDetail, HoldMode};
 use parking_lot::Mutex;
 use state::{
     Admission, Breaker, BreakerSettings, BreakerSnapshot, CallResult, StateKind, Ticket, Transition,
@@ -24,6 +29,10 @@ pub struct CircuitBreaker {
     upstream: Arc<str>,
     inner: Mutex<Breaker>,
     metrics: Arc<Metrics>,
+    /// The state for lock-free readers (a split's pick), updated on every transition.
+    pub published: published::PublishedState,
+    /// An operator's override, asked before the state machine (`crate::overrides`).
+    pub hold: BreakerHold,
 }
 
 impl CircuitBreaker {
@@ -38,7 +47,25 @@ impl CircuitBreaker {
             upstream,
             inner: Mutex::new(Breaker::new(settings)),
             metrics,
+            published: published::PublishedState::new(),
+            hold: BreakerHold::default(),
         }
+    }
+
+    /// Holds the breaker open or closed (`None` ends the hold); the state gauge follows.
+    pub fn set_hold(&self, hold: Option<(HoldMode, HoldDetail)>) {
+        let kind = match &hold {
+            Some((HoldMode::Open, _)) => StateKind::Open,
+            Some((HoldMode::Closed, _)) => StateKind::Closed,
+            None => self.kind(Instant::now()),
+        };
+        self.hold.set(hold);
+        self.metrics
+            .circuit_state
+            .get_or_create(&crate::metrics::UpstreamLabel {
+                upstream: self.upstream.to_string(),
+            })
+            .set(kind.gauge());
     }
 
     /// Asks to send one call; an open breaker answers 503 `circuit_open` at once.
@@ -62,6 +89,9 @@ impl CircuitBreaker {
 
     /// See [`Breaker::record_late_failure`].
     pub fn record_late_failure(&self, now: Instant) {
+        if self.hold.mode() == Some(HoldMode::Closed) {
+            return;
+        }
         let transition = self.inner.lock().record_late_failure(now);
         if let Some(t) = transition {
             self.report(&t);
@@ -82,10 +112,17 @@ impl CircuitBreaker {
     }
 
     pub fn snapshot(&self, now: Instant) -> BreakerSnapshot {
-        self.inner.lock().snapshot(now)
+        let mut snapshot = self.inner.lock().snapshot(now);
+        self.hold.overlay(&mut snapshot, now);
+        snapshot
     }
 
     fn report(&self, t: &Transition) {
+        // Under the lock, so that racing transitions publish in the order they happened.
+        {
+            let inner = self.inner.lock();
+            self.published.publish(inner.state());
+        }
         tracing::info!(
             upstream = %self.upstream,
             from = t.from.as_str(),
@@ -173,6 +210,15 @@ where
         Box::pin(async move {
             let breaker = &upstream.breaker;
             let started = call.started;
+            match breaker.hold.mode() {
+                None => {}
+                Some(HoldMode::Open) => {
+                    let retry_after = breaker.hold.remaining(started);
+                    return Err(ProxyError::CircuitOpen { retry_after });
+                }
+                // Admitted without a ticket: no outcome reaches the state machine.
+                Some(HoldMode::Closed) => return inner.call(call).await,
+            }
             let ticket = breaker.admit(started)?;
             let mut guard = TicketGuard {
                 breaker,

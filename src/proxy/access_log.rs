@@ -23,6 +23,8 @@ pub struct AccessLog {
     pub upstream: String,
     pub endpoint: String,
     pub error: &'static str,
+    /// The request's `x-request-id` (`super::request_id`).
+    pub request_id: String,
     pub started: Instant,
 }
 
@@ -39,9 +41,38 @@ impl OnComplete for AccessLog {
             upstream = %self.upstream,
             endpoint = %self.endpoint,
             error = self.error,
+            request_id = %self.request_id,
             bytes,
             complete = finished,
-            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = %Millis(self.started.elapsed()),
+        );
+    }
+}
+
+/// A duration in milliseconds with three fixed decimals (`0.084`), never a float's full
+/// expansion (`0.08404800000000001`).
+struct Millis(std::time::Duration);
+
+impl std::fmt::Display for Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let micros = self.0.as_micros();
+        write!(f, "{}.{:03}", micros / 1000, micros % 1000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations_have_three_fixed_decimals() {
+        use std::time::Duration;
+        assert_eq!(
+            super::Millis(Duration::from_nanos(84_048)).to_string(),
+            "0.084"
+        );
+        assert_eq!(super::Millis(Duration::from_millis(2)).to_string(), "2.000");
+        assert_eq!(
+            super::Millis(Duration::from_micros(12_345_678)).to_string(),
+            "12345.678"
         );
     }
 }

@@ -1,35 +1,38 @@
 //! The router, compiled once per config: a hash lookup for exact hosts, wildcard suffixes from
-//! longest to shortest, then the host-less routes; within a host, the longest `path_prefix` wins.
+//! longest to shortest, then the host-less routes; within a host, the first route in
+//! `crate::traffic::matcher`'s order whose path and conditions match (exact `path`, then `path_regex`, then
+//! the longest `path_prefix`; more conditions first).
 //!
 //! Like nginx's `server_name` and Envoy's virtual hosts, the host picks a table first and the path
 //! is matched only inside it: a request for `api.example.com` never falls through to the routes of
 //! another host because its path matched nothing.
 
+use crate::traffic::matcher::{RequestView, RouteMatch};
+use http::{HeaderMap, Method};
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-/// Routes for one host, longest prefix first.
+/// Routes for one host, in the order they are tried (`crate::traffic::matcher` states it).
 #[derive(Debug, Default, Clone)]
 struct PathTable {
-    prefixes: Vec<(Box<str>, usize)>,
+    entries: Vec<(RouteMatch, usize)>,
 }
 
 impl PathTable {
-    fn insert(&mut self, prefix: &str, route: usize) {
-        self.prefixes.push((prefix.into(), route));
-        self.prefixes
-            .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+    fn insert(&mut self, matcher: &RouteMatch, route: usize) {
+        self.entries.push((matcher.clone(), route));
+        self.entries.sort_by_key(|(m, r)| m.rank(*r));
     }
 
-    fn find(&self, path: &str) -> Option<usize> {
-        self.prefixes
+    fn find(&self, req: &RequestView<'_>) -> Option<usize> {
+        self.entries
             .iter()
-            .find(|(p, _)| path.starts_with(&**p))
+            .find(|(m, _)| m.matches(req))
             .map(|(_, r)| *r)
     }
 }
 
-/// Maps (host, path) to a route index.
+/// Maps a request's host, path, method, headers and query to a route index.
 #[derive(Debug, Default, Clone)]
 pub struct Router {
     exact: HashMap<Box<str>, PathTable>,
@@ -41,20 +44,34 @@ pub struct Router {
 impl Router {
     /// Builds from `(host, path_prefix)` per route, in route order; hosts are lowercase already.
     pub fn new<'a>(routes: impl IntoIterator<Item = (Option<&'a str>, &'a str)>) -> Router {
+        let matchers: Vec<(Option<&str>, RouteMatch)> = routes
+            .into_iter()
+            .map(|(h, p)| (h, RouteMatch::prefix(p)))
+            .collect();
+        Router::with_matchers(matchers.iter().map(|(h, m)| (*h, m)))
+    }
+
+    /// Builds from `(host, matcher)` per route, in route order; hosts are lowercase already.
+    pub fn with_matchers<'a>(
+        routes: impl IntoIterator<Item = (Option<&'a str>, &'a RouteMatch)>,
+    ) -> Router {
         let mut r = Router::default();
-        for (i, (host, prefix)) in routes.into_iter().enumerate() {
+        for (i, (host, matcher)) in routes.into_iter().enumerate() {
             match host {
-                None => r.any.get_or_insert_with(Default::default).insert(prefix, i),
+                None => r
+                    .any
+                    .get_or_insert_with(Default::default)
+                    .insert(matcher, i),
                 Some(h) => match h.strip_prefix('*') {
                     Some(suffix) => match r.wildcard.iter_mut().find(|(s, _)| &**s == suffix) {
-                        Some((_, t)) => t.insert(prefix, i),
+                        Some((_, t)) => t.insert(matcher, i),
                         None => {
                             let mut t = PathTable::default();
-                            t.insert(prefix, i);
+                            t.insert(matcher, i);
                             r.wildcard.push((suffix.into(), t));
                         }
                     },
-                    None => r.exact.entry(h.into()).or_default().insert(prefix, i),
+                    None => r.exact.entry(h.into()).or_default().insert(matcher, i),
                 },
             }
         }
@@ -62,19 +79,37 @@ impl Router {
         r
     }
 
-    /// `host` must be lowercase without a port.
+    /// `host` must be lowercase without a port. A GET without headers or query.
     pub fn find(&self, host: &str, path: &str) -> Option<usize> {
+        let headers = HeaderMap::new();
+        self.find_request(
+            host,
+            &RequestView {
+                path,
+                query: None,
+                method: &Method::GET,
+                headers: &headers,
+            },
+        )
+    }
+
+    /// `host` must be lowercase without a port.
+    pub fn find_request(&self, host: &str, req: &RequestView<'_>) -> Option<usize> {
+        self.table(host).and_then(|t| t.find(req))
+    }
+
+    fn table(&self, host: &str) -> Option<&PathTable> {
         if let Some(t) = self.exact.get(host) {
-            return t.find(path);
+            return Some(t);
         }
         if let Some((_, t)) = self
             .wildcard
             .iter()
             .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(&**suffix))
         {
-            return t.find(path);
+            return Some(t);
         }
-        self.any.as_ref().and_then(|t| t.find(path))
+        self.any.as_ref()
     }
 }
 
@@ -138,6 +173,63 @@ mod tests {
         let r = router();
         assert_eq!(r.find("only.example.org", "/public"), None);
         assert_eq!(Router::new([(Some("a.b"), "/x")]).find("c.d", "/x"), None);
+    }
+
+    fn get<'a>(path: &'a str, headers: &'a HeaderMap, method: &'a Method) -> RequestView<'a> {
+        RequestView {
+            path,
+            query: None,
+            method,
+            headers,
+        }
+    }
+
+    #[test]
+    fn exact_then_regex_then_prefix_and_more_conditions_first() {
+        use crate::traffic::matcher::{HeaderMatch, PathMatch, Pattern};
+        let canary = RouteMatch {
+            headers: vec![(
+                http::HeaderName::from_static("x-canary"),
+                HeaderMatch::Exact("1".into()),
+            )],
+            ..RouteMatch::prefix("/api")
+        };
+        let gets = RouteMatch {
+            methods: vec![Method::GET],
+            ..RouteMatch::prefix("/api")
+        };
+        let matchers = [
+            RouteMatch::prefix("/api"), // 0
+            gets,                       // 1
+            canary,                     // 2
+            RouteMatch {
+                path: PathMatch::Regex(Pattern::new("^/api/v[0-9]+$").unwrap()),
+                ..RouteMatch::default()
+            }, // 3
+            RouteMatch {
+                path: PathMatch::Exact("/api/v1".into()),
+                ..RouteMatch::default()
+            }, // 4
+        ];
+        let r = Router::with_matchers(matchers.iter().map(|m| (None, m)));
+        let none = HeaderMap::new();
+        let mut canary_headers = HeaderMap::new();
+        canary_headers.insert("x-canary", "1".parse().unwrap());
+        let (get_m, post) = (Method::GET, Method::POST);
+        assert_eq!(r.find_request("h", &get("/api/v1", &none, &get_m)), Some(4));
+        assert_eq!(r.find_request("h", &get("/api/v2", &none, &post)), Some(3));
+        // Same prefix: one condition beats none, equal counts keep file order.
+        assert_eq!(r.find_request("h", &get("/api/x", &none, &get_m)), Some(1));
+        assert_eq!(
+            r.find_request("h", &get("/api/x", &canary_headers, &get_m)),
+            Some(1)
+        );
+        assert_eq!(
+            r.find_request("h", &get("/api/x", &canary_headers, &post)),
+            Some(2)
+        );
+        assert_eq!(r.find_request("h", &get("/api/x", &none, &post)), Some(0));
+        assert_eq!(r.find_request("h", &get("/other", &none, &post)), None);
     }
 
     #[test]

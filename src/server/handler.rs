@@ -11,9 +11,15 @@ use crate::proxy::access_log::{self, AccessLog};
 use crate::proxy::forward::{self, Peer};
 use crate::proxy::framing::FramingAudit;
 use crate::proxy::path;
+use crate::proxy::request_id::{self, X_REQUEST_ID};
 use crate::proxy::route::normalize_host;
+use crate::proxy::split::{self, WorkerTarget};
 use crate::rewind::Rewind;
 use crate::snapshot::{ListenerRuntime, Route};
+use crate::traffic::matcher::RequestView;
+use crate::traffic::redirect::Requested;
+use crate::traffic::rewrite::Vars;
+use crate::upstream::WorkerUpstream;
 use crate::worker::{Worker, WorkerRoute, WorkerSnapshot};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -59,15 +65,17 @@ pub async fn handle(
     let snapshot = worker.snapshot();
     let log = access_log::enabled();
     let method = req.method().clone();
-    let (path_for_log, client) = if log {
-        let trusted = &conn.listener.config.trusted_proxies;
-        let peer = Peer::new(conn.peer.ip(), conn.tls, trusted);
-        (
-            req.uri().path().to_string(),
-            forward::client_ip(&peer, req.headers(), trusted),
-        )
+    let request_id = request_id::for_request(req.headers());
+    let trusted = &conn.listener.config.trusted_proxies;
+    let client = forward::client_ip(
+        &Peer::new(conn.peer.ip(), conn.tls, trusted),
+        req.headers(),
+        trusted,
+    );
+    let path_for_log = if log {
+        req.uri().path().to_string()
     } else {
-        (String::new(), conn.peer.ip())
+        String::new()
     };
     // Everything before the upstream call is synchronous and consumes the request, so this
     // future holds a `Call` across its one wait instead of copies of the request at every
@@ -87,7 +95,10 @@ pub async fn handle(
         started,
         log,
         grpc,
+        &request_id,
     );
+    // A split route's target for this request (`super::split`).
+    let mut target: Option<&WorkerTarget> = None;
     let (resp, route, endpoint, host) = match routed {
         Routed::Done(outcome) => outcome,
         Routed::Call {
@@ -97,13 +108,20 @@ pub async fn handle(
             upgrade,
             host,
             grpc_deadline,
-        } => match local.stack.clone().oneshot(call).await {
-            Ok(answer) => match respond(route, local, answer, upgrade, grpc_deadline) {
-                Ok((resp, endpoint)) => (Ok(resp), Some(route), Some(endpoint), host),
+        } => {
+            target = split::pick(route.split.as_deref(), &local.split, call.started);
+            let (stack, upstream) = match target {
+                Some(t) => (&t.stack, &t.upstream),
+                None => (&local.stack, &local.upstream),
+            };
+            match stack.clone().oneshot(call).await {
+                Ok(answer) => match respond(route, upstream, answer, upgrade, grpc_deadline) {
+                    Ok((resp, endpoint)) => (Ok(resp), Some(route), Some(endpoint), host),
+                    Err(e) => (Err(e), Some(route), None, host),
+                },
                 Err(e) => (Err(e), Some(route), None, host),
-            },
-            Err(e) => (Err(e), Some(route), None, host),
-        },
+            }
+        }
     };
     drop(in_flight);
 
@@ -123,12 +141,30 @@ pub async fn handle(
             (resp, kind)
         }
     };
+    if let Some(route) = route {
+        route.config.rewrite.response_headers.apply(
+            resp.headers_mut(),
+            &Vars {
+                client_ip: client,
+                request_id: &request_id,
+                route: &route.name,
+                // A split route's picked target, else the route's upstream.
+                upstream: target
+                    .map(|t| &t.upstream.0)
+                    .or(route.upstream.as_ref())
+                    .map_or("", |u| &*u.name),
+            },
+        );
+    }
+    // On every answer, levee's own included.
+    resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
     if let Some(busy) = busy {
         resp.body_mut().hold(busy);
     }
     let status = resp.status().as_u16();
     if let Some(route) = route {
-        route.metrics.requests[status_class(status)].inc();
+        let metrics = target.map_or(&route.metrics, |t| &t.metrics);
+        metrics.requests[status_class(status)].inc();
         route.history.record(error_kind == "rate_limited");
         route
             .metrics
@@ -137,14 +173,17 @@ pub async fn handle(
     }
     if log {
         let (route_name, upstream, endpoint) = match route {
-            Some(r) => (
-                r.name.to_string(),
-                r.upstream.name.to_string(),
-                endpoint
-                    .and_then(|i| r.upstream.endpoints.get(i))
-                    .map(|e| e.address.clone())
-                    .unwrap_or_default(),
-            ),
+            Some(r) => {
+                let upstream = target.map(|t| &t.upstream.0).or(r.upstream.as_ref());
+                (
+                    r.name.to_string(),
+                    upstream.map(|u| u.name.to_string()).unwrap_or_default(),
+                    endpoint
+                        .and_then(|i| upstream?.endpoints.get(i))
+                        .map(|e| e.address.clone())
+                        .unwrap_or_default(),
+                )
+            }
             None => Default::default(),
         };
         resp.body_mut().set_on_complete(Box::new(AccessLog {
@@ -157,6 +196,7 @@ pub async fn handle(
             upstream,
             endpoint,
             error: error_kind,
+            request_id: request_id.to_str().unwrap_or_default().to_string(),
             started,
         }));
     }
@@ -209,6 +249,7 @@ fn proxy<'a>(
     started: Instant,
     log: bool,
     grpc: bool,
+    request_id: &HeaderValue,
 ) -> Routed<'a> {
     let settings = &conn.listener.config;
     // Asked for every request, so the audit's count stays in step with the connection's.
@@ -293,10 +334,17 @@ fn proxy<'a>(
             }
         }
     }
-    let Some((route, local)) = snapshot
-        .router
-        .find(&host, req.uri().path())
-        .and_then(|i| Some((snapshot.routes.get(i)?, snapshot.stacks.get(i)?)))
+    let found = snapshot.router.find_request(
+        &host,
+        &RequestView {
+            path: req.uri().path(),
+            query: req.uri().query(),
+            method: req.method(),
+            headers: req.headers(),
+        },
+    );
+    let Some((route, local)) =
+        found.and_then(|i| Some((snapshot.routes.get(i)?, snapshot.stacks.get(i)?)))
     else {
         return Routed::Done((
             Err(ProxyError::NoRoute),
@@ -308,7 +356,20 @@ fn proxy<'a>(
     // Kept only for the access log: no allocation per request when it is off.
     let host = log.then(|| host.into_owned());
     let raw_host = raw_host.unwrap_or(HeaderValue::from_static(""));
-    match prepare(route, conn, req, &raw_host, started, grpc) {
+    // Redirects and direct responses: answered here, no upstream, no stack.
+    let Some(local) = local.as_ref() else {
+        let answer = route.config.answer.as_ref().map(|a| {
+            a.respond(&Requested {
+                tls: conn.tls,
+                host: raw_host.to_str().unwrap_or_default(),
+                path: req.uri().path(),
+                query: req.uri().query(),
+            })
+            .map(ResponseBody::full)
+        });
+        return Routed::Done((answer.ok_or(ProxyError::NoRoute), Some(route), None, host));
+    };
+    match prepare(route, conn, req, &raw_host, started, grpc, request_id) {
         Ok((call, upgrade, grpc_deadline)) => Routed::Call {
             route,
             local,
@@ -357,6 +418,7 @@ fn prepare(
     raw_host: &HeaderValue,
     started: Instant,
     grpc: bool,
+    request_id: &HeaderValue,
 ) -> Result<(Call, Option<ClientUpgrade>, Option<Instant>), ProxyError> {
     let settings = &conn.listener.config;
     let max_body = route.config.max_body;
@@ -393,7 +455,10 @@ fn prepare(
     let headers = upstream_req.headers_mut();
     // gRPC servers require `te: trailers` over HTTP/2; the one value of a hop-by-hop header
     // that is forwarded, and only to HTTP/2 upstreams.
-    let te_trailers = route.upstream.config.protocol == crate::config::UpstreamProtocol::H2
+    let te_trailers = route
+        .upstream
+        .as_ref()
+        .is_some_and(|u| u.config.protocol == crate::config::UpstreamProtocol::H2)
         && forward::te_accepts_trailers(headers);
     forward::strip_hop_by_hop(headers, upgrade);
     if te_trailers {
@@ -410,6 +475,8 @@ fn prepare(
     if !raw_host.is_empty() && (host_from_target || !headers.contains_key(header::HOST)) {
         headers.insert(header::HOST, raw_host.clone());
     }
+    headers.insert(X_REQUEST_ID, request_id.clone());
+    rewrite_for_upstream(route, &mut upstream_req, client_ip, request_id)?;
 
     let call = Call {
         req: crate::call::CallRequest::new(upstream_req),
@@ -428,10 +495,43 @@ fn prepare(
     Ok((call, client_upgrade, grpc_deadline))
 }
 
+/// The route's `host_rewrite`, `request_headers` and path rewrite, on the request as it goes
+/// upstream (after levee's own forwarding headers, so an operator's `set` wins).
+fn rewrite_for_upstream(
+    route: &Route,
+    req: &mut Request<RequestBody>,
+    client_ip: std::net::IpAddr,
+    request_id: &HeaderValue,
+) -> Result<(), ProxyError> {
+    let rewrite = &route.config.rewrite;
+    if let Some(host) = &rewrite.host {
+        req.headers_mut().insert(header::HOST, host.clone());
+    }
+    rewrite.request_headers.apply(
+        req.headers_mut(),
+        &Vars {
+            client_ip,
+            request_id,
+            route: &route.name,
+            upstream: route.upstream.as_ref().map_or("", |u| &*u.name),
+        },
+    );
+    if let Some(new_path) = rewrite
+        .path
+        .as_ref()
+        .and_then(|p| p.apply(req.uri().path()))
+    {
+        let uri = std::mem::take(req.uri_mut());
+        *req.uri_mut() =
+            path::with_path(uri, &new_path).ok_or(ProxyError::BadRequest("malformed path"))?;
+    }
+    Ok(())
+}
+
 /// The client's response from the upstream's answer; a 101 starts the tunnel.
 fn respond(
     route: &Route,
-    local: &WorkerRoute,
+    upstream: &Arc<WorkerUpstream>,
     answer: crate::call::Answer,
     client_upgrade: Option<ClientUpgrade>,
     grpc_deadline: Option<Instant>,
@@ -493,7 +593,7 @@ fn respond(
     let body = ResponseBody::upstream(body, route.config.timeout);
     // A deferred gRPC verdict judges a broken body itself; other bodies charge late failures.
     let body = match deferred {
-        None => body.charge_failures_to(local.upstream.clone(), endpoint),
+        None => body.charge_failures_to(upstream.clone(), endpoint),
         Some(_) => body,
     };
     Ok((

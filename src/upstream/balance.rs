@@ -1,6 +1,6 @@
 //! Picking an endpoint: power of two choices over least outstanding requests (the default, as in
 //! Envoy and linkerd: near-best balance without a global scan), or round robin. Endpoints that are
-//! ejected or failing health checks are skipped.
+//! ejected, failing health checks or held by an operator's override are skipped.
 
 use super::{Upstream, WorkerUpstream};
 use crate::config::Balance;
@@ -11,7 +11,7 @@ impl Upstream {
     fn available(&self, i: usize, now: Instant) -> bool {
         self.endpoints
             .get(i)
-            .is_some_and(|e| e.healthy.load(Ordering::Relaxed))
+            .is_some_and(|e| e.healthy.load(Ordering::Relaxed) && !e.hold.is_held())
             && !self.outlier.is_ejected(i, now)
     }
 
@@ -20,21 +20,23 @@ impl Upstream {
     pub fn pick(&self, avoid: Option<usize>, now: Instant) -> Option<usize> {
         let n = self.endpoints.len();
         let usable = |i: usize| self.available(i, now) && Some(i) != avoid;
+        // An endpoint ramping up (`slow_start.rs`) makes picks weighted for a while.
+        let ramping = (n > 1)
+            .then(|| self.pick_slow_start(&usable, now))
+            .flatten();
         let chosen = match (self.config.balance, n) {
             (_, 0) => None,
             (_, 1) => Some(0).filter(|i| usable(*i)),
+            _ if ramping.is_some() => ramping,
             (Balance::RoundRobin, _) => {
-                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                let k = self.next.fetch_add(1, Ordering::Relaxed);
+                let start = self.weights.as_ref().map_or(k, |w| w.round_robin(k));
                 (0..n).map(|k| (start + k) % n).find(|i| usable(*i))
             }
             (Balance::P2c, _) => {
-                let a = fastrand::usize(..n);
-                let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+                let (a, b) = self.candidates(n);
                 match (usable(a), usable(b)) {
-                    (true, true) => {
-                        let load = |i: usize| self.endpoints[i].in_flight.load(Ordering::Relaxed);
-                        Some(if load(b) < load(a) { b } else { a })
-                    }
+                    (true, true) => Some(if self.less_loaded(b, a) { b } else { a }),
                     (true, false) => Some(a),
                     (false, true) => Some(b),
                     // Both samples out: scan from a random start so we still find survivors.
@@ -44,6 +46,37 @@ impl Upstream {
         };
         // A retry that could only go back to the endpoint it avoided still goes there.
         chosen.or_else(|| avoid.filter(|i| self.available(*i, now)))
+    }
+
+    /// Two distinct endpoints for P2C (`n >= 2`): uniform, or drawn by weight (`super::weights`).
+    #[inline]
+    fn candidates(&self, n: usize) -> (usize, usize) {
+        let a = match &self.weights {
+            Some(w) => w.sample(),
+            None => fastrand::usize(..n),
+        };
+        let b = match &self.weights {
+            Some(w) => Some(w.sample()).filter(|b| *b != a),
+            None => None,
+        };
+        let b = b.unwrap_or_else(|| (a + 1 + fastrand::usize(..n - 1)) % n);
+        (a, b)
+    }
+
+    /// Whether `b` has fewer in-flight requests than `a` per unit of weight.
+    #[inline]
+    fn less_loaded(&self, b: usize, a: usize) -> bool {
+        let load = |i: usize| {
+            u64::from(
+                self.endpoints
+                    .get(i)
+                    .map_or(0, |e| e.in_flight.load(Ordering::Relaxed)),
+            )
+        };
+        match &self.weights {
+            None => load(b) < load(a),
+            Some(w) => load(b) * w.weight(a) < load(a) * w.weight(b),
+        }
     }
 }
 

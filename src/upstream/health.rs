@@ -59,6 +59,9 @@ pub(super) fn spawn(upstream: Weak<Upstream>) {
                 };
                 if now_healthy != was {
                     ep.healthy.store(now_healthy, Ordering::Relaxed);
+                    if now_healthy {
+                        u.slow_start.restart(i, tokio::time::Instant::now());
+                    }
                     if let Some(g) = u.metrics.healthy.get(i) {
                         g.set(i64::from(now_healthy));
                     }

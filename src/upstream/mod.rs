@@ -6,6 +6,10 @@ pub mod balance;
 pub mod client;
 pub mod h1;
 pub mod health;
+pub mod hold;
+pub mod probe;
+pub mod slow_start;
+pub mod weights;
 
 use crate::config::UpstreamConfig;
 use crate::history::History;
@@ -28,6 +32,8 @@ pub struct Endpoint {
     pub healthy: AtomicBool,
     pub requests: AtomicU64,
     pub failures: AtomicU64,
+    /// An operator's drain or ejection (`crate::overrides`); the balancer skips a held endpoint.
+    pub hold: hold::EndpointHold,
 }
 
 /// One worker's handle on a shared [`Upstream`]. The layers of a worker's route stacks hold it
@@ -58,7 +64,12 @@ pub struct Upstream {
     /// the upstream of the same name when a reload changes its definition.
     pub history: Arc<History>,
     pub(crate) next: AtomicUsize,
+    /// Set when endpoints carry different weights (`weights`).
+    pub weights: Option<weights::WeightTable>,
     health_started: AtomicBool,
+    probe_started: AtomicBool,
+    /// When each endpoint last came back (added, healthy again), for its slow start.
+    pub slow_start: slow_start::SlowStart,
 }
 
 impl Upstream {
@@ -80,9 +91,11 @@ impl Upstream {
                     healthy: AtomicBool::new(true),
                     requests: AtomicU64::new(0),
                     failures: AtomicU64::new(0),
+                    hold: hold::EndpointHold::default(),
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
+        let endpoints_len = endpoints.len();
         let upstream_metrics = UpstreamMetrics::new(metrics, &config.name, &config.endpoints);
         // Every transition shows in the metrics from the start, at zero.
         for (from, to) in crate::layers::breaker::state::StateKind::TRANSITIONS {
@@ -103,7 +116,7 @@ impl Upstream {
         Ok(Upstream {
             breaker: CircuitBreaker::new(
                 name.clone(),
-                config.breaker.settings.clone(),
+                probe::breaker_settings(config),
                 metrics.clone(),
             ),
             concurrency: ConcurrencyLimit::new(
@@ -118,7 +131,10 @@ impl Upstream {
             config: config.clone(),
             endpoints: endpoints.into_boxed_slice(),
             next: AtomicUsize::new(0),
+            weights: weights::WeightTable::new(&config.endpoint_weights),
             health_started: AtomicBool::new(false),
+            probe_started: AtomicBool::new(false),
+            slow_start: slow_start::SlowStart::new(endpoints_len),
         })
     }
 
@@ -127,7 +143,9 @@ impl Upstream {
     /// event to hook, so this runs when metrics are scraped.
     pub fn refresh_endpoint_gauges(&self, now: tokio::time::Instant) {
         for (i, (ep, gauge)) in self.endpoints.iter().zip(&self.metrics.healthy).enumerate() {
-            let usable = ep.healthy.load(Ordering::Relaxed) && !self.outlier.is_ejected(i, now);
+            let usable = ep.healthy.load(Ordering::Relaxed)
+                && !self.outlier.is_ejected(i, now)
+                && !ep.hold.is_held();
             gauge.set(i64::from(usable));
         }
     }
@@ -222,6 +240,10 @@ impl Upstream {
     pub fn start_health_checks(self: &Arc<Self>) {
         if self.config.health_check.is_some() && !self.health_started.swap(true, Ordering::AcqRel) {
             health::spawn(Arc::downgrade(self));
+        }
+        let gated = probe::breaker_settings(&self.config).probe_path.is_some();
+        if gated && !self.probe_started.swap(true, Ordering::AcqRel) {
+            probe::spawn(Arc::downgrade(self));
         }
     }
 }

@@ -123,7 +123,7 @@ async fn status_has_history_and_actions() {
     assert_eq!(s["upstreams"][0]["breaker"]["state"], "closed");
 }
 
-fn chromium() -> Option<PathBuf> {
+pub(crate) fn chromium() -> Option<PathBuf> {
     ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
         .iter()
         .map(PathBuf::from)
@@ -131,7 +131,7 @@ fn chromium() -> Option<PathBuf> {
 }
 
 /// Runs headless Chromium on `url` and returns the DOM after its scripts ran.
-async fn dump_dom(browser: &PathBuf, url: &str) -> String {
+pub(crate) async fn dump_dom(browser: &PathBuf, url: &str) -> String {
     let profile = tempfile::tempdir().unwrap();
     let out = tokio::time::timeout(
         Duration::from_secs(90),

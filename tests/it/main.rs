@@ -4,6 +4,7 @@
 mod support;
 
 mod architecture;
+mod config_diff;
 mod core;
 mod dashboard;
 mod faults;
@@ -16,9 +17,13 @@ mod hygiene;
 mod keepalive;
 mod lifecycle;
 mod observability;
+mod overrides;
 mod packaging;
 mod peer_limits;
+mod recovery;
 mod resilience;
+mod routing;
+mod split;
 mod tls;
 mod upstream_h1;
 mod websocket;

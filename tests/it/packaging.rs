@@ -393,7 +393,16 @@ fn bash_loads_the_completion_script() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8(script).unwrap();
-    for sub in ["run", "check", "demo", "status", "completions", "man"] {
+    for sub in [
+        "run",
+        "check",
+        "demo",
+        "status",
+        "completions",
+        "man",
+        "--diff",
+        "--against",
+    ] {
         assert!(text.contains(sub), "bash completion lacks {sub}");
     }
     for shell in ["zsh", "fish"] {
@@ -456,6 +465,11 @@ fn the_man_page_renders() {
     for page in ["levee.1", "levee-run.1", "levee-check.1", "levee-status.1"] {
         let roff = std::fs::read_to_string(dir.path().join(page)).unwrap();
         assert!(roff.contains("\n.TH levee"), "{page}: {roff}");
+    }
+    // The reload preview's flags reach the page and the completions from the same clap args.
+    let check = std::fs::read_to_string(dir.path().join("levee-check.1")).unwrap();
+    for flag in ["\\-\\-diff", "\\-\\-against", "\\-\\-admin"] {
+        assert!(check.contains(flag), "levee-check.1 lacks {flag}: {check}");
     }
 }
 

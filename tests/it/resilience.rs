@@ -178,7 +178,8 @@ half_open_calls = 2
     assert_eq!(breaker["reason"], "half-open trial failed", "{status}");
     assert_eq!(breaker["trips"], 2, "{status}");
     let remaining = breaker["half_open_in_ms"].as_u64().unwrap();
-    assert!(remaining <= 600, "{status}");
+    // 600ms, the doubled open time, with up to +20% re-open jitter.
+    assert!(remaining <= 720, "{status}");
     let metrics = get_text(&proxy.admin_url("/metrics")).await;
     assert_eq!(
         metric_or_zero(
@@ -201,8 +202,8 @@ half_open_calls = 2
     })
     .await;
     assert!(
-        retrip_sent.get().unwrap().elapsed() >= Duration::from_millis(600),
-        "open for twice open_duration after a failed trial"
+        retrip_sent.get().unwrap().elapsed() >= Duration::from_millis(480),
+        "open for twice open_duration (less up to 20% re-open jitter) after a failed trial"
     );
 }
 #[tokio::test]

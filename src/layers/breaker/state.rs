@@ -6,11 +6,22 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::ramp::{self, Ramp, RampAdmission, RAMP_START};
 use super::window::{format_duration, Window, WindowSettings, WindowTotals};
 
 /// While every half-open trial slot is taken the breaker does not know when one frees up, so
 /// rejected callers get a short hint instead of an exact time.
 const HALF_OPEN_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// The hint for callers refused while a probe is due or in flight, or by the ramp.
+const PROBE_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// A probe in flight for longer than this is presumed lost (its task died), and the next
+/// [`Breaker::begin_probe`] may send another. Probes are bounded by a timeout far below it.
+const PROBE_GIVE_UP: Duration = Duration::from_secs(60);
+
+/// The default spread of re-open times: ±20%.
+pub const REOPEN_JITTER: f64 = 0.2;
 
 /// Tuning for one breaker.
 #[derive(Clone, Debug, PartialEq)]
@@ -39,6 +50,17 @@ pub struct BreakerSettings {
     /// How many trial calls half-open admits; all of them must succeed to close. 0 is
     /// treated as 1.
     pub half_open_calls: u32,
+    /// `probe_path` as written. The breaker itself is given the path it probes (this, or the
+    /// health check's): when set, an expired open time waits for one passing probe
+    /// ([`Breaker::begin_probe`]) before half-open admits trial calls.
+    pub probe_path: Option<String>,
+    /// After closing, the upstream's share of traffic grows from [`RAMP_START`] to all of it
+    /// over this long, and a failure meanwhile re-opens at once.
+    pub ramp_duration: Option<Duration>,
+    /// Every re-open (failed trial, failed probe, failure during the ramp) lasts the grown
+    /// penalty times a uniform factor in `1 ± reopen_jitter`, so that many levee instances in
+    /// front of one backend do not probe it in lockstep. The first trip is exact.
+    pub reopen_jitter: f64,
 }
 
 impl Default for BreakerSettings {
@@ -53,6 +75,9 @@ impl Default for BreakerSettings {
             open_duration: Duration::from_secs(30),
             max_open_duration: Duration::from_secs(30),
             half_open_calls: 5,
+            probe_path: None,
+            ramp_duration: None,
+            reopen_jitter: REOPEN_JITTER,
         }
     }
 }
@@ -113,6 +138,12 @@ pub enum BreakerState {
         /// When the open time runs out.
         until: Instant,
     },
+    /// Still open for callers: the open time is over and the probe that decides whether
+    /// half-open may start is in flight.
+    Probing {
+        /// When the probe was sent.
+        since: Instant,
+    },
     /// Trial calls are being let through.
     HalfOpen {
         /// Trials admitted and not cancelled, including those that already succeeded.
@@ -127,7 +158,7 @@ impl BreakerState {
     pub const fn kind(&self) -> StateKind {
         match self {
             Self::Closed => StateKind::Closed,
-            Self::Open { .. } => StateKind::Open,
+            Self::Open { .. } | Self::Probing { .. } => StateKind::Open,
             Self::HalfOpen { .. } => StateKind::HalfOpen,
         }
     }
@@ -170,6 +201,34 @@ pub enum Admission {
         /// Remaining open time, or a short hint while half-open trials are in flight.
         retry_after: Duration,
     },
+}
+
+/// Proof that a probe was begun, to be handed back to [`Breaker::finish_probe`].
+#[derive(Debug)]
+#[must_use = "a probe ticket must be passed to Breaker::finish_probe"]
+pub struct ProbeTicket {
+    generation: u64,
+}
+
+/// How a probe went: `detail` is the status code or the error, in words ("503", "timed out
+/// after 1s").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeOutcome {
+    /// Whether the probe passed (2xx or 3xx in time).
+    pub passed: bool,
+    /// What came back, for the reason in words.
+    pub detail: String,
+}
+
+/// What a finished probe did to the breaker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeEnd {
+    /// Passed: half-open, admitting the trial calls.
+    HalfOpen(Transition),
+    /// Failed: open again for the grown (and jittered) penalty; the reason in words.
+    Reopened(String),
+    /// The breaker moved on while the probe was in flight; nothing changed.
+    Stale,
 }
 
 /// A state change, for the caller to log and count.
@@ -220,11 +279,20 @@ pub struct Breaker {
     open_for: Duration,
     /// Kept from the latest trip because the window may have moved on since.
     open_reason: String,
+    /// The ramp after the latest close, while it runs (`ramp_duration`).
+    ramp: Option<Ramp>,
+    /// Draws the re-open jitter; seeded in tests.
+    rng: fastrand::Rng,
 }
 
 impl Breaker {
     /// A closed breaker with an empty window.
     pub fn new(settings: BreakerSettings) -> Self {
+        Self::with_rng(settings, fastrand::Rng::new())
+    }
+
+    /// A closed breaker drawing its re-open jitter from `rng` (a seeded one in tests).
+    pub fn with_rng(settings: BreakerSettings, rng: fastrand::Rng) -> Self {
         Self {
             window: Window::new(&settings.window),
             state: BreakerState::Closed,
@@ -233,6 +301,8 @@ impl Breaker {
             trips: 0,
             open_for: settings.open_duration,
             open_reason: String::new(),
+            ramp: None,
+            rng,
             settings,
         }
     }
@@ -250,18 +320,34 @@ impl Breaker {
     /// Whether a call may go through now.
     ///
     /// Open -> HalfOpen happens lazily here once `now >= until`, the call that notices being
-    /// the first trial. Half-open admits exactly `half_open_calls` trials, then rejects with
-    /// a short `retry_after` hint until they resolve.
+    /// the first trial; with a `probe_path` it never does: callers are refused until a probe
+    /// passes ([`begin_probe`](Self::begin_probe)). Half-open admits exactly
+    /// `half_open_calls` trials, then rejects with a short `retry_after` hint until they
+    /// resolve. While ramping after a close, only the ramp's share of callers is admitted.
     pub fn admit(&mut self, now: Instant) -> (Admission, Option<Transition>) {
         match self.state {
-            BreakerState::Closed => (Admission::Admitted(self.ticket(false)), None),
+            BreakerState::Closed => match self.ramp_admission(now) {
+                None => (Admission::Admitted(self.ticket(false)), None),
+                Some(retry_after) => (Admission::Rejected { retry_after }, None),
+            },
             BreakerState::Open { until } if now < until => (
                 Admission::Rejected {
                     retry_after: until.saturating_duration_since(now),
                 },
                 None,
             ),
-            BreakerState::Open { .. } => {
+            // Probe-gated: callers wait for the probe (`begin_probe`), never trial it.
+            BreakerState::Open { .. } | BreakerState::Probing { .. }
+                if self.settings.probe_path.is_some() =>
+            {
+                (
+                    Admission::Rejected {
+                        retry_after: PROBE_RETRY_AFTER,
+                    },
+                    None,
+                )
+            }
+            BreakerState::Open { .. } | BreakerState::Probing { .. } => {
                 let transition = self.half_open();
                 self.state = BreakerState::HalfOpen {
                     admitted: 1,
@@ -332,7 +418,7 @@ impl Breaker {
                 } else {
                     let succeeded = succeeded.saturating_add(1);
                     if succeeded >= self.trial_calls() {
-                        Some(self.close(succeeded))
+                        Some(self.close(succeeded, now))
                     } else {
                         self.state = BreakerState::HalfOpen {
                             admitted,
@@ -394,7 +480,23 @@ impl Breaker {
     /// calls succeeded", or "12 calls in the last 100 calls, fewer than minimum 20" (closed).
     pub fn reason(&mut self, now: Instant) -> String {
         match self.state {
-            BreakerState::Open { .. } => self.open_reason.clone(),
+            BreakerState::Open { until } => match &self.settings.probe_path {
+                None => self.open_reason.clone(),
+                Some(_) if now < until => format!(
+                    "{}, next probe in {}",
+                    self.open_reason,
+                    format_duration(whole_seconds(until.saturating_duration_since(now)))
+                ),
+                Some(path) => format!("{}, probe GET {path} due", self.open_reason),
+            },
+            BreakerState::Probing { .. } => match &self.settings.probe_path {
+                Some(path) => format!("{}, probe GET {path} in flight", self.open_reason),
+                None => self.open_reason.clone(),
+            },
+            BreakerState::Closed if self.ramping(now) => format!(
+                "ramping up after recovery: {}% admitted",
+                ramp::percent(self.admitted_share(now))
+            ),
             BreakerState::HalfOpen { succeeded, .. } => format!(
                 "half-open: {succeeded} of {} trial calls succeeded",
                 self.trial_calls()
@@ -411,6 +513,7 @@ impl Breaker {
         let totals = self.window.totals(now);
         let open_remaining = match self.state {
             BreakerState::Open { until } => Some(until.saturating_duration_since(now)),
+            BreakerState::Probing { .. } => Some(Duration::ZERO),
             _ => None,
         };
         BreakerSnapshot {
@@ -437,6 +540,10 @@ impl Breaker {
     }
 
     fn record_closed(&mut self, result: CallResult, now: Instant) -> Option<Transition> {
+        if result.failed && self.ramping(now) {
+            let reason = "failed during the ramp after recovery".to_owned();
+            return Some(self.trip_with(StateKind::Closed, reason, now, true));
+        }
         let slow = result.elapsed >= self.settings.slow_call_duration;
         self.window.record(result.failed, slow, now);
         self.consecutive_failures = if result.failed {
@@ -538,7 +645,18 @@ impl Breaker {
     }
 
     fn trip(&mut self, from: StateKind, reason: String, now: Instant) -> Transition {
-        self.open_for = if from == StateKind::HalfOpen {
+        self.trip_with(from, reason, now, from == StateKind::HalfOpen)
+    }
+
+    /// Opens; `grow`: a re-open, whose open time doubles (up to the cap) and is jittered.
+    fn trip_with(
+        &mut self,
+        from: StateKind,
+        reason: String,
+        now: Instant,
+        grow: bool,
+    ) -> Transition {
+        self.open_for = if grow {
             let cap = self
                 .settings
                 .max_open_duration
@@ -547,8 +665,14 @@ impl Breaker {
         } else {
             self.settings.open_duration
         };
+        let open_for = if grow {
+            self.jittered(self.open_for)
+        } else {
+            self.open_for
+        };
+        self.ramp = None;
         self.state = BreakerState::Open {
-            until: add_saturating(now, self.open_for),
+            until: add_saturating(now, open_for),
         };
         self.generation = self.generation.wrapping_add(1);
         self.trips = self.trips.saturating_add(1);
@@ -573,8 +697,9 @@ impl Breaker {
         }
     }
 
-    fn close(&mut self, succeeded: u32) -> Transition {
+    fn close(&mut self, succeeded: u32, now: Instant) -> Transition {
         self.state = BreakerState::Closed;
+        self.ramp = self.settings.ramp_duration.map(|_| Ramp::new(now));
         self.window.reset();
         self.consecutive_failures = 0;
         self.open_for = self.settings.open_duration;
@@ -582,12 +707,141 @@ impl Breaker {
         Transition {
             from: StateKind::HalfOpen,
             to: StateKind::Closed,
-            reason: format!(
-                "{succeeded} of {} half-open trial calls succeeded",
-                self.trial_calls()
-            ),
+            reason: match self.settings.ramp_duration {
+                None => format!(
+                    "{succeeded} of {} half-open trial calls succeeded",
+                    self.trial_calls()
+                ),
+                Some(ramp) => format!(
+                    "{succeeded} of {} half-open trial calls succeeded, ramping up over {}",
+                    self.trial_calls(),
+                    format_duration(ramp)
+                ),
+            },
         }
     }
+}
+
+/// Recovery: the probe that gates half-open, the ramp after closing, the jittered re-open.
+impl Breaker {
+    /// When the next probe is due: the end of the open time (past, for an expired one), or,
+    /// with a probe in flight, the moment it is presumed lost. `None` when nothing is to be
+    /// probed: closed, half-open, or no `probe_path`.
+    pub fn probe_due(&self) -> Option<Instant> {
+        self.settings.probe_path.as_ref()?;
+        match self.state {
+            BreakerState::Open { until } => Some(until),
+            BreakerState::Probing { since } => Some(add_saturating(since, PROBE_GIVE_UP)),
+            _ => None,
+        }
+    }
+
+    /// Starts the one probe of this open period when it is due at `now`: the breaker stays
+    /// open for callers until [`finish_probe`](Self::finish_probe). `None` when no probe is
+    /// due, so of many callers (one per upstream, whatever the workers) only one probes.
+    pub fn begin_probe(&mut self, now: Instant) -> Option<ProbeTicket> {
+        let due = self.probe_due()?;
+        if now < due {
+            return None;
+        }
+        self.state = BreakerState::Probing { since: now };
+        self.generation = self.generation.wrapping_add(1);
+        Some(ProbeTicket {
+            generation: self.generation,
+        })
+    }
+
+    /// Digests a probe: a pass goes half-open and admits the trial calls; a failure opens
+    /// again for the grown, jittered penalty, with no caller having been let through.
+    pub fn finish_probe(
+        &mut self,
+        ticket: ProbeTicket,
+        outcome: &ProbeOutcome,
+        now: Instant,
+    ) -> ProbeEnd {
+        if ticket.generation != self.generation
+            || !matches!(self.state, BreakerState::Probing { .. })
+        {
+            return ProbeEnd::Stale;
+        }
+        let path = self.settings.probe_path.clone().unwrap_or_default();
+        if outcome.passed {
+            self.generation = self.generation.wrapping_add(1);
+            self.state = BreakerState::HalfOpen {
+                admitted: 0,
+                succeeded: 0,
+            };
+            return ProbeEnd::HalfOpen(Transition {
+                from: StateKind::Open,
+                to: StateKind::HalfOpen,
+                reason: format!(
+                    "probe GET {path} passed ({}), trying {} trial calls",
+                    outcome.detail,
+                    self.trial_calls()
+                ),
+            });
+        }
+        let reason = format!("open: probe GET {path} failed ({})", outcome.detail);
+        // A re-open, as a failed trial is: the penalty grows and is jittered.
+        self.trip_with(StateKind::Open, reason, now, true);
+        ProbeEnd::Reopened(self.reason(now))
+    }
+
+    /// The share of the upstream's traffic this breaker lets through at `now`: 1.0 closed,
+    /// the ramp's share while ramping, [`RAMP_START`] half-open (its trial calls need some
+    /// traffic), 0.0 open.
+    // A weighted split scales a target's weight by this, so a recovering upstream gets its
+    // traffic back gradually instead of having most of it refused here and failed over.
+    pub fn admitted_share(&self, now: Instant) -> f64 {
+        match (&self.state, &self.ramp, self.settings.ramp_duration) {
+            (BreakerState::Closed, Some(ramp), Some(d)) => ramp.share(d, now),
+            (BreakerState::Closed, _, _) => 1.0,
+            (BreakerState::HalfOpen { .. }, _, _) => RAMP_START,
+            (BreakerState::Open { .. } | BreakerState::Probing { .. }, _, _) => 0.0,
+        }
+    }
+
+    /// Whether the ramp after the latest close is still running at `now`.
+    fn ramping(&self, now: Instant) -> bool {
+        match (&self.ramp, self.settings.ramp_duration) {
+            (Some(ramp), Some(d)) => ramp.is_running(d, now),
+            _ => false,
+        }
+    }
+
+    /// While ramping, `Some(retry_after)` for a caller the ramp refuses; `None` to admit.
+    fn ramp_admission(&mut self, now: Instant) -> Option<Duration> {
+        let d = self.settings.ramp_duration?;
+        let ramp = self.ramp.as_mut()?;
+        match ramp.admit(d, now) {
+            RampAdmission::Over => {
+                self.ramp = None;
+                None
+            }
+            RampAdmission::Admitted => None,
+            RampAdmission::Refused(_) => Some(PROBE_RETRY_AFTER),
+        }
+    }
+
+    /// `open_for` times a uniform factor in `1 ± reopen_jitter`.
+    fn jittered(&mut self, open_for: Duration) -> Duration {
+        let spread = self.settings.reopen_jitter.clamp(0.0, 1.0);
+        if spread == 0.0 {
+            return open_for;
+        }
+        let factor = 1.0 - spread + 2.0 * spread * self.rng.f64();
+        Duration::try_from_secs_f64(open_for.as_secs_f64() * factor).unwrap_or(open_for)
+    }
+}
+
+/// `d` rounded up to whole seconds (below a second: whole milliseconds), for "next probe in".
+fn whole_seconds(d: Duration) -> Duration {
+    if d < Duration::from_secs(1) {
+        let ms = d.as_millis().min(999);
+        return Duration::from_millis(u64::try_from(ms).unwrap_or(999).max(1));
+    }
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    Duration::from_secs(secs)
 }
 
 /// `now + d`, shortened rather than panicking if a misconfigured duration overflows the clock.
@@ -684,6 +938,7 @@ mod tests {
             open_duration: Duration::from_secs(10),
             max_open_duration: Duration::from_secs(25),
             half_open_calls: 3,
+            reopen_jitter: 0.0,
             ..BreakerSettings::default()
         }
     }
@@ -747,6 +1002,9 @@ mod tests {
         assert_eq!(s.open_duration, Duration::from_secs(30));
         assert_eq!(s.max_open_duration, Duration::from_secs(30));
         assert_eq!(s.half_open_calls, 5);
+        assert_eq!(s.probe_path, None);
+        assert_eq!(s.ramp_duration, None);
+        assert_eq!(s.reopen_jitter, 0.2);
     }
 
     #[test]
@@ -1009,6 +1267,7 @@ mod tests {
     async fn no_growth_when_max_equals_open_duration() {
         let mut breaker = tripped(BreakerSettings {
             minimum_calls: 1,
+            reopen_jitter: 0.0,
             ..BreakerSettings::default()
         });
         for _ in 0..3 {
@@ -1197,5 +1456,260 @@ mod tests {
         assert_eq!(compare(62, 125, 0.5), ("<", "49.6%".into(), "50.0%".into()));
         assert_eq!(compare(62, 100, 0.62), (">=", "62%".into(), "62%".into()));
         assert_eq!(compare(0, 0, 0.5), ("<", "0%".into(), "50%".into()));
+    }
+
+    fn gated() -> BreakerSettings {
+        BreakerSettings {
+            probe_path: Some("/healthz".to_owned()),
+            ..settings()
+        }
+    }
+
+    fn probe_result(passed: bool, detail: &str) -> ProbeOutcome {
+        ProbeOutcome {
+            passed,
+            detail: detail.to_owned(),
+        }
+    }
+
+    /// Every caller is refused from the trip until a probe passes, whatever the time: an
+    /// expired open time, a probe in flight and a failed probe all keep users out.
+    #[tokio::test(start_paused = true)]
+    async fn probe_gate_sends_no_caller_until_a_probe_passes() {
+        let mut breaker = tripped(gated());
+        let until = now() + Duration::from_secs(10);
+        assert_eq!(breaker.probe_due(), Some(until));
+        assert!(breaker.begin_probe(now()).is_none(), "not due yet");
+        assert_eq!(
+            breaker.reason(now()),
+            "failure rate 100% over the last 100 calls >= 50%, next probe in 10s"
+        );
+        advance(Duration::from_secs(10)).await;
+        // Due but not sent: still open, a short hint, no transition.
+        assert_eq!(rejected(&mut breaker), PROBE_RETRY_AFTER);
+        assert_eq!(breaker.kind(now()), StateKind::Open);
+        assert!(breaker.reason(now()).ends_with(", probe GET /healthz due"));
+
+        let probe = breaker.begin_probe(now()).expect("due");
+        assert!(breaker.begin_probe(now()).is_none(), "one probe at a time");
+        assert_eq!(breaker.probe_due(), Some(now() + PROBE_GIVE_UP));
+        assert_eq!(rejected(&mut breaker), PROBE_RETRY_AFTER);
+        assert_eq!(breaker.kind(now()), StateKind::Open);
+        assert_eq!(breaker.snapshot(now()).open_remaining, Some(Duration::ZERO));
+        assert!(breaker
+            .reason(now())
+            .ends_with(", probe GET /healthz in flight"));
+        assert_eq!(breaker.admitted_share(now()), 0.0);
+
+        // A failed probe re-opens for the doubled penalty (jitter off here).
+        let end = breaker.finish_probe(probe, &probe_result(false, "503"), now());
+        let reason = "open: probe GET /healthz failed (503), next probe in 20s";
+        assert_eq!(end, ProbeEnd::Reopened(reason.to_owned()));
+        assert_eq!(breaker.reason(now()), reason);
+        assert_eq!(rejected(&mut breaker), Duration::from_secs(20));
+        assert_eq!(breaker.snapshot(now()).trips, 2);
+        advance(Duration::from_millis(8500)).await;
+        assert_eq!(
+            breaker.reason(now()),
+            "open: probe GET /healthz failed (503), next probe in 12s"
+        );
+
+        // Then capped at 25s; then a pass goes half-open with no trial admitted yet.
+        advance(Duration::from_millis(11500)).await;
+        let probe = breaker.begin_probe(now()).expect("due");
+        let _ = breaker.finish_probe(probe, &probe_result(false, "timed out after 1s"), now());
+        assert_eq!(rejected(&mut breaker), Duration::from_secs(25));
+        advance(Duration::from_secs(25)).await;
+        let probe = breaker.begin_probe(now()).expect("due");
+        let end = breaker.finish_probe(probe, &probe_result(true, "200"), now());
+        assert_eq!(
+            end,
+            ProbeEnd::HalfOpen(Transition {
+                from: StateKind::Open,
+                to: StateKind::HalfOpen,
+                reason: "probe GET /healthz passed (200), trying 3 trial calls".to_owned(),
+            })
+        );
+        assert_eq!(breaker.probe_due(), None);
+        assert_eq!(
+            *breaker.state(),
+            BreakerState::HalfOpen {
+                admitted: 0,
+                succeeded: 0
+            }
+        );
+        for _ in 0..2 {
+            assert_eq!(call(&mut breaker, OK), None);
+        }
+        let t = call(&mut breaker, OK).expect("closes");
+        assert_eq!(t.to, StateKind::Closed);
+        assert_eq!(breaker.probe_due(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_trial_after_a_passed_probe_waits_for_the_next_probe() {
+        let mut breaker = tripped(gated());
+        advance(Duration::from_secs(10)).await;
+        let probe = breaker.begin_probe(now()).expect("due");
+        let _ = breaker.finish_probe(probe, &probe_result(true, "204"), now());
+        let t = call(&mut breaker, FAIL).expect("re-opens");
+        assert_eq!(t.to, StateKind::Open);
+        assert_eq!(breaker.probe_due(), Some(now() + Duration::from_secs(20)));
+        advance(Duration::from_secs(20)).await;
+        assert_eq!(rejected(&mut breaker), PROBE_RETRY_AFTER);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stale_and_lost_probes_change_nothing_but_can_be_replaced() {
+        let mut breaker = tripped(gated());
+        advance(Duration::from_secs(10)).await;
+        let lost = breaker.begin_probe(now()).expect("due");
+        advance(PROBE_GIVE_UP - Duration::from_millis(1)).await;
+        assert!(breaker.begin_probe(now()).is_none());
+        advance(Duration::from_millis(1)).await;
+        let fresh = breaker
+            .begin_probe(now())
+            .expect("a lost probe is replaced");
+        // The lost one's late verdict is ignored, even a pass.
+        assert_eq!(
+            breaker.finish_probe(lost, &probe_result(true, "200"), now()),
+            ProbeEnd::Stale
+        );
+        assert_eq!(breaker.kind(now()), StateKind::Open);
+        assert!(matches!(
+            breaker.finish_probe(fresh, &probe_result(false, "502"), now()),
+            ProbeEnd::Reopened(_)
+        ));
+        // Without a probe path nothing is ever probed: half-open as before.
+        let mut plain = tripped(settings());
+        assert_eq!(plain.probe_due(), None);
+        let _trial = first_trial(&mut plain).await;
+        assert!(plain.begin_probe(now()).is_none());
+    }
+
+    /// Closes a breaker with `ramp_duration` through its half-open trials.
+    async fn closed_with_ramp(ramp: Duration) -> Breaker {
+        let mut breaker = tripped(BreakerSettings {
+            ramp_duration: Some(ramp),
+            half_open_calls: 1,
+            ..settings()
+        });
+        let trial = first_trial(&mut breaker).await;
+        let t = breaker.record(trial, OK, now()).expect("closes");
+        assert_eq!(
+            t.reason,
+            format!(
+                "1 of 1 half-open trial calls succeeded, ramping up over {}",
+                format_duration(ramp)
+            )
+        );
+        breaker
+    }
+
+    fn admitted_of(breaker: &mut Breaker, calls: usize) -> usize {
+        (0..calls)
+            .filter(|_| match breaker.admit(now()) {
+                (Admission::Admitted(t), None) => {
+                    assert_eq!(breaker.record(t, OK, now()), None);
+                    true
+                }
+                (Admission::Rejected { retry_after }, None) => {
+                    assert_eq!(retry_after, PROBE_RETRY_AFTER);
+                    false
+                }
+                other => panic!("no transition expected, got {other:?}"),
+            })
+            .count()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_ramp_admits_a_growing_share_after_closing() {
+        let mut breaker = closed_with_ramp(Duration::from_secs(30)).await;
+        assert_eq!(breaker.admitted_share(now()), RAMP_START);
+        assert_eq!(
+            breaker.reason(now()),
+            "ramping up after recovery: 10% admitted"
+        );
+        assert_eq!(admitted_of(&mut breaker, 100), 10);
+        advance(Duration::from_secs(10)).await;
+        assert_eq!(
+            breaker.reason(now()),
+            "ramping up after recovery: 40% admitted"
+        );
+        assert!((breaker.admitted_share(now()) - 0.4).abs() < 1e-9);
+        assert!((39..=41).contains(&admitted_of(&mut breaker, 100)));
+        advance(Duration::from_secs(20)).await;
+        assert_eq!(breaker.admitted_share(now()), 1.0);
+        assert_eq!(admitted_of(&mut breaker, 100), 100);
+        assert!(
+            breaker
+                .reason(now())
+                .starts_with("100 calls in the last 100 calls")
+                || breaker.reason(now()).starts_with("failure rate 0%")
+        );
+        // The ramp is over: a failure is judged by the window again.
+        assert_eq!(call(&mut breaker, FAIL), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_during_the_ramp_reopens_at_once_with_the_grown_penalty() {
+        let mut breaker = closed_with_ramp(Duration::from_secs(30)).await;
+        advance(Duration::from_secs(5)).await;
+        let t = call(&mut breaker, FAIL).expect("one failure re-opens");
+        assert_eq!((t.from, t.to), (StateKind::Closed, StateKind::Open));
+        assert_eq!(t.reason, "failed during the ramp after recovery");
+        assert_eq!(rejected(&mut breaker), Duration::from_secs(20));
+        assert_eq!(breaker.admitted_share(now()), 0.0);
+        // A body cut during the ramp counts too.
+        let mut breaker = closed_with_ramp(Duration::from_secs(30)).await;
+        let t = breaker.record_late_failure(now()).expect("re-opens");
+        assert_eq!(t.reason, "failed during the ramp after recovery");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn admitted_share_by_state() {
+        let mut breaker = Breaker::new(settings());
+        assert_eq!(breaker.admitted_share(now()), 1.0);
+        for _ in 0..10 {
+            let _ = call(&mut breaker, FAIL);
+        }
+        assert_eq!(breaker.admitted_share(now()), 0.0);
+        let _trial = first_trial(&mut breaker).await;
+        assert_eq!(breaker.admitted_share(now()), RAMP_START);
+    }
+
+    /// Re-open times spread uniformly over ±20% of the penalty, reproducibly for one seed; the
+    /// first trip is exact.
+    #[tokio::test(start_paused = true)]
+    async fn reopen_times_are_jittered_by_the_seeded_source() {
+        let reopen_times = |seed: u64| async move {
+            let settings = BreakerSettings {
+                reopen_jitter: REOPEN_JITTER,
+                max_open_duration: Duration::from_secs(20),
+                ..settings()
+            };
+            let mut breaker = Breaker::with_rng(settings.clone(), fastrand::Rng::with_seed(seed));
+            while call(&mut breaker, FAIL).is_none() {}
+            assert_eq!(
+                rejected(&mut breaker),
+                Duration::from_secs(10),
+                "first trip exact"
+            );
+            let mut times = Vec::new();
+            for _ in 0..50 {
+                let trial = first_trial(&mut breaker).await;
+                let _ = breaker.record(trial, FAIL, now());
+                times.push(rejected(&mut breaker));
+            }
+            times
+        };
+        let a = reopen_times(7).await;
+        assert_eq!(a, reopen_times(7).await, "same seed, same times");
+        assert_ne!(a, reopen_times(8).await);
+        let (lo, hi) = (Duration::from_secs(16), Duration::from_secs(24));
+        assert!(a.iter().all(|t| (lo..=hi).contains(t)), "{a:?}");
+        // Spread over the range, not bunched: some in each outer fifth.
+        assert!(a.iter().any(|t| *t < Duration::from_millis(17600)), "{a:?}");
+        assert!(a.iter().any(|t| *t > Duration::from_millis(22400)), "{a:?}");
     }
 }

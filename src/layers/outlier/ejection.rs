@@ -249,6 +249,20 @@ impl OutlierDetector {
         }
     }
 
+    /// When `endpoint`'s latest ejection ended, if it was ever ejected and is back at `now`
+    /// (for its slow start).
+    pub fn returned_at(&self, endpoint: usize, now: Instant) -> Option<Instant> {
+        let until = self
+            .endpoints
+            .get(endpoint)?
+            .ejected_until
+            .load(Ordering::Acquire);
+        if until == 0 || until > self.nanos(now) {
+            return None;
+        }
+        self.origin.checked_add(Duration::from_nanos(until))
+    }
+
     /// State of `endpoint` for the status page; all zeros for an unknown index.
     pub fn snapshot(&self, endpoint: usize, now: Instant) -> EndpointOutlierSnapshot {
         let Some(ep) = self.endpoints.get(endpoint) else {
