@@ -1,9 +1,8 @@
-//! Every answer levee makes itself, in one place. Each failure is a [`ProxyError`] variant; its
-//! status, `x-levee-error` kind and extra headers come from exhaustive matches below, so adding a
-//! variant without deciding how it looks to a client does not compile.
+//! Every failure levee answers for, in one place. Each is a [`ProxyError`] variant; its status,
+//! `x-levee-error` kind and `retry-after` come from exhaustive matches below, so adding a variant
+//! without deciding how it looks to a client does not compile. `proxy/respond.rs` renders them.
 
-use crate::body::ResponseBody;
-use http::{header, HeaderValue, Response, StatusCode};
+use http::{HeaderValue, StatusCode};
 use std::time::Duration;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -137,41 +136,14 @@ impl ProxyError {
         self.side() == Side::Upstream && !matches!(self, ProxyError::UpstreamProtocol(_))
     }
 
-    fn retry_after(&self) -> Option<Duration> {
+    /// How long a client should wait before trying again, where levee knows.
+    pub fn retry_after(&self) -> Option<Duration> {
         match self {
             ProxyError::RateLimited { retry_after, .. }
             | ProxyError::CircuitOpen { retry_after }
             | ProxyError::NoHealthyEndpoint { retry_after } => Some(*retry_after),
             _ => None,
         }
-    }
-
-    /// The one place a failure becomes an HTTP answer.
-    pub fn into_response(self) -> Response<ResponseBody> {
-        let status = self.status();
-        let body = format!("{}: {}\n", status.as_u16(), self);
-        let mut resp = Response::new(ResponseBody::full(body));
-        *resp.status_mut() = status;
-        let h = resp.headers_mut();
-        h.insert("x-levee-error", HeaderValue::from_static(self.kind()));
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        if let Some(after) = self.retry_after() {
-            // Whole seconds, rounded up: "0" would invite an immediate retry into the same wall.
-            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-            h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-        }
-        if let ProxyError::RateLimited {
-            ratelimit: Some((limit, policy)),
-            ..
-        } = self
-        {
-            h.insert("ratelimit", limit);
-            h.insert("ratelimit-policy", policy);
-        }
-        resp
     }
 }
 

@@ -8,9 +8,7 @@
 //! else), and breakers judge a gRPC call by its `grpc-status`, which may arrive only when the
 //! body ends ([`DeferredVerdict`]).
 
-use crate::body::ResponseBody;
-use crate::error::ProxyError;
-use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue};
 use std::future::Future as _;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -90,27 +88,6 @@ pub fn status_for_kind(kind: &str) -> u32 {
     }
 }
 
-/// levee's answer to a gRPC request it does not forward: HTTP 200, trailers-only (the status
-/// in the headers of an empty body with END_STREAM), keeping `x-levee-error`, `retry-after`
-/// and the rate-limit headers of the HTTP answer.
-pub fn trailers_only(err: ProxyError) -> Response<ResponseBody> {
-    let code = status_for_kind(err.kind());
-    let message = percent_encode(&err.to_string());
-    let (mut parts, _) = err.into_response().into_parts();
-    parts.status = StatusCode::OK;
-    let h = &mut parts.headers;
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    h.remove(header::CONTENT_LENGTH);
-    h.insert(GRPC_STATUS, HeaderValue::from(code));
-    if let Ok(v) = HeaderValue::from_str(&message) {
-        h.insert(GRPC_MESSAGE, v);
-    }
-    Response::from_parts(parts, ResponseBody::empty())
-}
-
 /// The trailers levee ends a streaming response with when the client's deadline passes.
 pub fn deadline_trailers() -> HeaderMap {
     let mut h = HeaderMap::new();
@@ -124,19 +101,6 @@ pub fn deadline_trailers() -> HeaderMap {
         HeaderValue::from_static("upstream_timeout"),
     );
     h
-}
-
-/// `grpc-message` is percent-encoded UTF-8: printable ASCII other than `%` passes as is.
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if (0x20..=0x7e).contains(&b) && b != b'%' {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// A set of `grpc-status` codes (0..=31), e.g. the breaker's `failure_grpc_statuses`.
@@ -284,6 +248,7 @@ impl GrpcStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ProxyError;
     use std::sync::{Arc, Mutex};
 
     #[test]
@@ -342,26 +307,6 @@ mod tests {
             assert_eq!(status_for_kind(err.kind()), code, "{}", err.kind());
         }
         assert_eq!(status_for_kind("upstream_protocol"), 14);
-    }
-
-    #[test]
-    fn levee_answers_trailers_only() {
-        let resp = trailers_only(ProxyError::CircuitOpen {
-            retry_after: Duration::from_millis(2500),
-        });
-        assert_eq!(resp.status(), StatusCode::OK);
-        let h = resp.headers();
-        assert_eq!(h["content-type"], "application/grpc");
-        assert_eq!(h["grpc-status"], "14");
-        assert_eq!(h["grpc-message"], "circuit breaker for upstream is open");
-        assert_eq!(h["x-levee-error"], "circuit_open");
-        assert_eq!(h["retry-after"], "3");
-        assert!(http_body::Body::is_end_stream(resp.body()));
-    }
-
-    #[test]
-    fn messages_are_percent_encoded() {
-        assert_eq!(percent_encode("50% off\nnow é"), "50%25 off%0Anow %C3%A9");
     }
 
     #[test]

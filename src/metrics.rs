@@ -84,6 +84,7 @@ pub struct Metrics {
     pub circuit_transitions: Family<TransitionLabels, Counter>,
     pub retries: Family<RouteLabel, Counter>,
     pub retry_budget_exhausted: Family<RouteLabel, Counter>,
+    pub stale_resends: Family<RouteLabel, Counter>,
     pub rate_limited: Family<RouteLabel, Counter>,
     pub ejections: Family<EndpointLabels, Counter>,
     pub endpoint_healthy: Family<EndpointLabels, Gauge>,
@@ -120,6 +121,7 @@ impl Metrics {
             circuit_transitions: Family::default(),
             retries: Family::default(),
             retry_budget_exhausted: Family::default(),
+            stale_resends: Family::default(),
             rate_limited: Family::default(),
             ejections: Family::default(),
             endpoint_healthy: Family::default(),
@@ -173,6 +175,11 @@ impl Metrics {
             "retry_budget_exhausted",
             "Retries not sent because the retry budget was spent, by route",
             m.retry_budget_exhausted.clone(),
+        );
+        r.register(
+            "stale_resends",
+            "Requests sent again because the pooled connection was closed, by route",
+            m.stale_resends.clone(),
         );
         r.register(
             "rate_limited",
@@ -302,6 +309,7 @@ pub struct RouteMetrics {
     pub duration: ShardedHistogram,
     pub retries: Counter,
     pub budget_exhausted: Counter,
+    pub stale_resends: Counter,
     pub rate_limited: Counter,
 }
 
@@ -323,6 +331,7 @@ impl RouteMetrics {
             duration: m.request_duration.get_or_create(&label).clone(),
             retries: m.retries.get_or_create(&label).clone(),
             budget_exhausted: m.retry_budget_exhausted.get_or_create(&label).clone(),
+            stale_resends: m.stale_resends.get_or_create(&label).clone(),
             rate_limited: m.rate_limited.get_or_create(&label).clone(),
         }
     }

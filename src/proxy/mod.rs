@@ -5,6 +5,7 @@ pub mod forward;
 pub mod framing;
 pub mod path;
 pub mod request_id;
+pub mod respond;
 pub mod route;
 pub mod split;
 pub mod stack;

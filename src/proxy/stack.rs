@@ -22,7 +22,7 @@ use crate::layers::retry::{RetryLayer, RetryPolicy, RetryService};
 use crate::metrics::RouteMetrics;
 use crate::shard::Local;
 use crate::upstream::balance::{BalanceLayer, BalanceService};
-use crate::upstream::client::ClientService;
+use crate::upstream::client::{ClientService, StaleResend};
 use crate::upstream::WorkerUpstream;
 use std::sync::Arc;
 use tower::ServiceBuilder;
@@ -53,5 +53,11 @@ pub fn build(
             detector: upstream.outlier.clone(),
             observer: upstream.0.clone(),
         })))
-        .service(ClientService::new(upstream.clone()))
+        .service(ClientService::new(
+            upstream.clone(),
+            StaleResend {
+                policy: retry.cloned(),
+                resends: metrics.stale_resends.clone(),
+            },
+        ))
 }

@@ -134,9 +134,9 @@ pub async fn handle(
                 tracing::debug!(error = %e, "upstream failure");
             }
             let resp = if grpc {
-                grpc::trailers_only(e)
+                crate::proxy::respond::grpc_trailers_only(e)
             } else {
-                e.into_response()
+                crate::proxy::respond::error(e)
             };
             (resp, kind)
         }

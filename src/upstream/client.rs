@@ -5,8 +5,10 @@ use crate::body::{RequestBody, RequestBodyError, UpstreamBody};
 use crate::call::CallRequest;
 use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::error::ProxyError;
+use crate::layers::retry::RetryPolicy;
 use crate::shard::Sharded;
-use crate::upstream::h1::DirectClient;
+use crate::upstream::h1::{self, DirectClient, Failed, H1Error};
+use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
@@ -14,6 +16,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,8 +38,9 @@ pub struct UpstreamClient {
     /// that endpoint, so a request's URI can carry the client's host as `:authority` (see
     /// `send_hyper`).
     h2: Option<Arc<Sharded<EndpointClients>>>,
-    /// For plain-TCP HTTP/1.1 upstreams: levee's own client for bodiless and buffered requests.
-    direct: Option<Arc<DirectClient>>,
+    /// For plain-TCP HTTP/1.1 upstreams, per worker: levee's own client for bodiless and
+    /// buffered requests.
+    direct: Option<Arc<Sharded<DirectClient>>>,
     scheme: Scheme,
     version: Version,
     limits: HeadLimits,
@@ -95,8 +99,20 @@ impl UpstreamClient {
                 u32::try_from(config.max_response_header_bytes.saturating_mul(4))
                     .unwrap_or(u32::MAX),
             );
-        let direct = (config.protocol == UpstreamProtocol::Http1 && config.tls.is_none())
-            .then(|| Arc::new(DirectClient::new(config)));
+        let direct =
+            (config.protocol == UpstreamProtocol::Http1 && config.tls.is_none()).then(|| {
+                let settings = h1::Settings {
+                    endpoints: config.endpoints.len(),
+                    max_idle_per_endpoint: config.pool_max_idle_per_endpoint,
+                    idle_timeout: config.pool_idle_timeout,
+                    connect_timeout: config.connect_timeout,
+                    limits: h1::response::Limits {
+                        max_head: config.max_response_header_bytes,
+                        max_headers: config.max_response_headers,
+                    },
+                };
+                Arc::new(Sharded::new(|| DirectClient::new(&settings)))
+            });
         let scheme = if config.tls.is_some() {
             Scheme::HTTPS
         } else {
@@ -156,24 +172,41 @@ impl UpstreamClient {
         req: CallRequest,
         endpoint: usize,
         authority: &Authority,
+        stale: &StaleResend,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         match &self.direct {
-            Some(direct) if DirectClient::accepts(&req) => Ok(direct
-                .send(&req, endpoint, authority)
-                .await?
-                .map(UpstreamBody::Direct)),
+            Some(direct) if direct_accepts(&req) => {
+                let direct = direct.local();
+                let body: Option<Bytes> = match req.body() {
+                    RequestBody::Full(b) => b.clone(),
+                    RequestBody::Stream { .. } => None,
+                };
+                let mut wire = Vec::new();
+                h1::encode(&req, body.as_ref(), authority.as_str(), &mut wire);
+                let send = |pooled| direct.send(&wire, req.method(), endpoint, authority, pooled);
+                let resp = match send(true).await {
+                    Err(Failed { stale: true, error }) if stale.resend(req.method(), &error) => {
+                        send(false).await
+                    }
+                    first => first,
+                };
+                Ok(resp
+                    .map_err(|f| h1_failed(f.error))?
+                    .map(UpstreamBody::Direct))
+            }
             _ => Ok(self
-                .send_hyper(req.into_owned()?, endpoint, authority)
+                .send_hyper(req.into_owned()?, endpoint, authority, stale)
                 .await?
                 .map(UpstreamBody::Hyper)),
         }
     }
 
-    /// Connections idle in the direct client's pool for `endpoint` (0 on hyper's path).
+    /// Connections idle in the direct client's pools for `endpoint`, all workers together (0
+    /// on hyper's path).
     pub fn idle_connections(&self, endpoint: usize) -> usize {
         self.direct
             .as_ref()
-            .map_or(0, |d| d.idle_connections(endpoint))
+            .map_or(0, |d| d.iter().map(|d| d.idle_connections(endpoint)).sum())
     }
 
     /// Sends over hyper's pooled client. Over HTTP/2 the upstream sees the request's `Host` as
@@ -185,6 +218,7 @@ impl UpstreamClient {
         mut req: Request<RequestBody>,
         endpoint: usize,
         authority: &Authority,
+        stale: &StaleResend,
     ) -> Result<Response<Incoming>, ProxyError> {
         let (client, authority) = match self.h2.as_ref().and_then(|c| c.local().get(endpoint)) {
             Some(client) => {
@@ -218,10 +252,9 @@ impl UpstreamClient {
         let resp = match client.request(req).await {
             Ok(resp) => answered(resp),
             Err(err) => match replay {
-                Some(again) if is_stale_connection(&err) => {
-                    tracing::debug!(error = %err, "pooled connection was closed; sending again");
+                Some(again) if is_stale_connection(&err) && stale.resend(again.method(), &err) => {
                     client
-                        .request(again.into_request())
+                        .request(again)
                         .await
                         .map(answered)
                         .map_err(classify)?
@@ -266,6 +299,57 @@ impl UpstreamClient {
     }
 }
 
+/// Whether levee's own client can carry `req`: no body or a buffered one, and no upgrade.
+fn direct_accepts(req: &Request<RequestBody>) -> bool {
+    let body_ready = match req.body() {
+        RequestBody::Full(_) => true,
+        RequestBody::Stream { body, .. } => http_body::Body::is_end_stream(body),
+    };
+    body_ready && !req.headers().contains_key(http::header::UPGRADE)
+}
+
+/// A response beyond the upstream's header limits is refused as `upstream_protocol` (not the
+/// upstream's failure); a failed connect is `upstream_connect`; anything else that broke the
+/// exchange is a reset.
+fn h1_failed(error: H1Error) -> ProxyError {
+    match error {
+        H1Error::HeadTooLarge(_) | H1Error::TooManyHeaders(_) => {
+            ProxyError::UpstreamProtocol(Box::new(error))
+        }
+        H1Error::Connect(_) | H1Error::ConnectTimeout(_) | H1Error::NoSuchEndpoint => {
+            ProxyError::UpstreamConnect(Box::new(error))
+        }
+        _ => ProxyError::UpstreamReset(Box::new(error)),
+    }
+}
+
+/// The one resend on a stale pooled connection, for both clients: the upstream closed an idle
+/// keep-alive connection as levee reused it, so the request never reached the application and
+/// an idempotent one ([`crate::call::is_idempotent`]) goes out once more on a fresh connection
+/// (what hyper-util's pool does too). The resend withdraws from the route's retry budget like a
+/// retry and counts in `levee_stale_resends_total`; with the budget spent it is still made (and
+/// counted), as it adds no load on the application. Health probes pass the default: no budget,
+/// a counter nobody scrapes.
+#[derive(Default)]
+pub struct StaleResend {
+    pub policy: Option<Arc<RetryPolicy>>,
+    pub resends: Counter,
+}
+
+impl StaleResend {
+    fn resend(&self, method: &Method, error: &dyn std::fmt::Display) -> bool {
+        if !crate::call::is_idempotent(method) {
+            return false;
+        }
+        tracing::debug!(%error, "pooled connection was closed; sending again");
+        if let Some(policy) = &self.policy {
+            policy.budget.withdraw(tokio::time::Instant::now());
+        }
+        self.resends.inc();
+        true
+    }
+}
+
 /// A request body of unknown length (chunked from the client, or HTTP/2 without
 /// `content-length`) is sent chunked whatever the method. hyper's client would otherwise send a
 /// GET, HEAD or CONNECT with such a body as bodiless, silently dropping what the client sent.
@@ -285,27 +369,8 @@ fn frame_unknown_length_body(req: &mut Request<RequestBody>) {
     }
 }
 
-/// An idempotent request whose body can be sent again: its head and its (empty or buffered) body.
-struct Replay {
-    method: Method,
-    uri: Uri,
-    version: Version,
-    headers: http::HeaderMap,
-    body: RequestBody,
-}
-
-impl Replay {
-    fn into_request(self) -> Request<RequestBody> {
-        let mut req = Request::new(self.body);
-        *req.method_mut() = self.method;
-        *req.uri_mut() = self.uri;
-        *req.version_mut() = self.version;
-        *req.headers_mut() = self.headers;
-        req
-    }
-}
-
-fn replayable(req: &Request<RequestBody>) -> Option<Replay> {
+/// A copy of an idempotent request whose body (empty or buffered) can be sent again.
+fn replayable(req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
     if !crate::call::is_idempotent(req.method()) {
         return None;
     }
@@ -316,13 +381,12 @@ fn replayable(req: &Request<RequestBody>) -> Option<Replay> {
         }
         RequestBody::Stream { .. } => return None,
     };
-    Some(Replay {
-        method: req.method().clone(),
-        uri: req.uri().clone(),
-        version: req.version(),
-        headers: req.headers().clone(),
-        body,
-    })
+    let mut again = Request::new(body);
+    *again.method_mut() = req.method().clone();
+    *again.uri_mut() = req.uri().clone();
+    *again.version_mut() = req.version();
+    *again.headers_mut() = req.headers().clone();
+    Some(again)
 }
 
 /// Marks the connection that carried `resp` as having answered: a failure on it from now on,
@@ -363,13 +427,7 @@ fn is_stale_connection(err: &hyper_util::client::legacy::Error) -> bool {
             }
         }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::UnexpectedEof
-            );
+            return h1::is_closed(io);
         }
         source = e.source();
     }
@@ -489,15 +547,18 @@ fn classify(err: hyper_util::client::legacy::Error) -> ProxyError {
     }
 }
 
-/// The innermost service: sends the call to the chosen endpoint before its deadline.
+/// The innermost service: sends the call to the chosen endpoint before its deadline. One `Arc`
+/// for the upstream and the route's stale resend, so a call clones one pointer.
 #[derive(Clone)]
 pub struct ClientService {
-    upstream: std::sync::Arc<crate::upstream::WorkerUpstream>,
+    inner: Arc<(Arc<crate::upstream::WorkerUpstream>, StaleResend)>,
 }
 
 impl ClientService {
-    pub fn new(upstream: std::sync::Arc<crate::upstream::WorkerUpstream>) -> Self {
-        ClientService { upstream }
+    pub fn new(upstream: Arc<crate::upstream::WorkerUpstream>, stale: StaleResend) -> Self {
+        ClientService {
+            inner: Arc::new((upstream, stale)),
+        }
     }
 }
 
@@ -514,15 +575,18 @@ impl tower::Service<crate::call::Call> for ClientService {
     }
 
     fn call(&mut self, call: crate::call::Call) -> Self::Future {
-        let upstream = self.upstream.clone();
+        let inner = self.inner.clone();
         Box::pin(async move {
+            let (upstream, stale) = &*inner;
             let endpoint = call.endpoint;
             let Some(ep) = upstream.endpoints.get(endpoint) else {
                 return Err(ProxyError::NoHealthyEndpoint {
                     retry_after: std::time::Duration::from_secs(1),
                 });
             };
-            let sent = upstream.client.send(call.req, endpoint, &ep.authority);
+            let sent = upstream
+                .client
+                .send(call.req, endpoint, &ep.authority, stale);
             let resp = tokio::time::timeout_at(call.deadline, sent)
                 .await
                 .unwrap_or(Err(ProxyError::UpstreamTimeout));

@@ -36,7 +36,7 @@ pub(super) fn spawn(upstream: Weak<Upstream>) {
                     }
                     req.headers_mut()
                         .insert(header::USER_AGENT, HeaderValue::from_static("levee-health-check"));
-                    let res = tokio::time::timeout(hc.timeout, u.client.send(crate::call::CallRequest::new(req), i, &ep.authority)).await;
+                    let res = tokio::time::timeout(hc.timeout, u.client.send(crate::call::CallRequest::new(req), i, &ep.authority, &Default::default())).await;
                     Some(matches!(res, Ok(Ok(r)) if r.status().is_success() || r.status().is_redirection()))
                 }
             });

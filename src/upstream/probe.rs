@@ -80,9 +80,13 @@ async fn probe(u: &Upstream, next_endpoint: &mut usize) -> ProbeOutcome {
         .health_check
         .as_ref()
         .map_or(PROBE_TIMEOUT, |h| h.timeout);
-    let sent = u
-        .client
-        .send(crate::call::CallRequest::new(req), i, &ep.authority);
+    let unbudgeted = Default::default();
+    let sent = u.client.send(
+        crate::call::CallRequest::new(req),
+        i,
+        &ep.authority,
+        &unbudgeted,
+    );
     match tokio::time::timeout(timeout, sent).await {
         Ok(Ok(resp)) => {
             let status = resp.status();

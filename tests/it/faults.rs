@@ -7,7 +7,7 @@
 use crate::support::fault::{body_bytes, Fault, FaultyOrigin, FULL_LEN, SENT_LEN};
 use crate::support::proxy::simple_config;
 use crate::support::raw::RawConn;
-use crate::support::scrape::{get_json, upstream};
+use crate::support::scrape::{get_json, get_text, metric_or_zero, upstream};
 use crate::support::{Client, TestProxy};
 use http::Method;
 use std::time::Duration;
@@ -189,6 +189,10 @@ async fn stale_connection_is_retried_for_get(rst: bool) {
         (3, 0),
         "a stale connection is not a failure"
     );
+    // Each resend is counted for the route (and withdrawn from its retry budget), not hidden.
+    let metrics = get_text(&proxy.admin_url("/metrics")).await;
+    let resends = metric_or_zero(&metrics, "levee_stale_resends_total", &[("route", "app")]);
+    assert_eq!(resends, 2.0, "rst {rst}: two stale resends shown");
 }
 
 #[tokio::test]

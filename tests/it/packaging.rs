@@ -202,6 +202,7 @@ async fn every_metric_family_has_series_from_the_first_scrape() {
         zero("levee_request_duration_seconds_count", &[("route", route)]);
         zero("levee_retries_total", &[("route", route)]);
         zero("levee_retry_budget_exhausted_total", &[("route", route)]);
+        zero("levee_stale_resends_total", &[("route", route)]);
         zero("levee_rate_limited_total", &[("route", route)]);
     }
     zero(

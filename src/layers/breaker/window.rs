@@ -1,4 +1,13 @@
 //! Sliding windows of recent call outcomes that the circuit breaker computes its rates over.
+//!
+//! levee rotates four windows; this one is not shared, for these reasons. The outlier
+//! detector's (`layers/outlier/ejection.rs`) is the same idea as the time ring here, but counts
+//! two numbers per slot, not three, for every endpoint, on slots aligned to the detector's
+//! creation so that one division serves ejection deadlines too; on this window its slots would
+//! start at each endpoint's first call and its memory grow by half. The retry budget
+//! (`layers/retry/budget.rs`) is lock-free atomics shared by the workers, and the dashboard
+//! history (`history.rs`) per-worker atomics tagged with the wall-clock second: neither can be
+//! a `&mut` ring behind a lock without a lock on the request path.
 
 use std::fmt;
 use std::time::Duration;

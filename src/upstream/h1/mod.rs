@@ -9,6 +9,10 @@
 //! the connection back when its last byte is read. Streamed uploads, upgrades, TLS and HTTP/2
 //! upstreams stay on hyper, which handles what this client does not need to: bodies sent while
 //! the response arrives, `Expect: 100-continue` waits, protocol switches.
+//!
+//! A leaf: it imports nothing of levee's outside this directory (`tests/it/architecture.rs`
+//! checks). It takes its [`Settings`] and a request already encoded, fails with its own
+//! [`H1Error`], and reports a stale pooled connection for `upstream/client.rs` to decide on.
 
 mod body;
 // Visible to the crate for `crate::fuzzing`, which drives both on arbitrary bytes.
@@ -20,15 +24,11 @@ pub(crate) mod response;
 pub use body::DirectBody;
 use body::Streaming;
 use pool::{Conn, ConnPool};
+pub use request::encode;
 use response::Framing;
 
-use crate::body::RequestBody;
-use crate::config::UpstreamConfig;
-use crate::error::ProxyError;
-use crate::shard::Sharded;
-use bytes::Bytes;
 use http::uri::Authority;
-use http::{header, Method, Request, Response};
+use http::{Method, Response};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -53,100 +53,82 @@ pub enum H1Error {
     UnexpectedEof,
     #[error("upstream switched protocols unasked")]
     UnexpectedUpgrade,
+    #[error("{0}")]
+    Connect(std::io::Error),
+    #[error("connect timed out after {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("no such endpoint")]
+    NoSuchEndpoint,
+}
+
+/// What the client needs to know of its upstream.
+#[derive(Clone, Copy)]
+pub struct Settings {
+    pub endpoints: usize,
+    pub max_idle_per_endpoint: usize,
+    pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub limits: response::Limits,
 }
 
 /// Initial read buffer of a connection: a typical response head and small body in one read.
 const HEAD_READ_SIZE: usize = 8 * 1024;
 
+/// One worker's client: a connection is registered with the I/O driver of the worker that
+/// opened it and is only used there, and no pool lock is shared between cores. The caller keeps
+/// one per worker.
 pub struct DirectClient {
-    /// One per endpoint, in the upstream's endpoint order, and per worker: a connection is
-    /// registered with the I/O driver of the worker that opened it and is only used there, and
-    /// no pool lock is shared between cores (`crate::worker`).
-    pools: Box<[Sharded<Arc<ConnPool>>]>,
-    connect_timeout: Duration,
-    limits: response::Limits,
+    /// One per endpoint, in the upstream's endpoint order.
+    pools: Box<[Arc<ConnPool>]>,
+    settings: Settings,
 }
 
 impl DirectClient {
-    pub fn new(config: &UpstreamConfig) -> DirectClient {
+    pub fn new(settings: &Settings) -> DirectClient {
         DirectClient {
-            pools: config
-                .endpoints
-                .iter()
+            pools: (0..settings.endpoints)
                 .map(|_| {
-                    Sharded::new(|| {
-                        Arc::new(ConnPool::new(
-                            config.pool_max_idle_per_endpoint,
-                            config.pool_idle_timeout,
-                        ))
-                    })
+                    Arc::new(ConnPool::new(
+                        settings.max_idle_per_endpoint,
+                        settings.idle_timeout,
+                    ))
                 })
                 .collect(),
-            connect_timeout: config.connect_timeout,
-            limits: response::Limits {
-                max_head: config.max_response_header_bytes,
-                max_headers: config.max_response_headers,
-            },
+            settings: *settings,
         }
     }
 
-    /// Whether this client can carry `req`: no body or a buffered one, and no upgrade.
-    pub fn accepts(req: &Request<RequestBody>) -> bool {
-        let body_ready = match req.body() {
-            RequestBody::Full(_) => true,
-            RequestBody::Stream { body, .. } => http_body::Body::is_end_stream(body),
-        };
-        body_ready && !req.headers().contains_key(header::UPGRADE)
-    }
-
-    /// Idle connections pooled for `endpoint`, all workers together.
+    /// Idle connections pooled for `endpoint`.
     pub fn idle_connections(&self, endpoint: usize) -> usize {
-        self.pools
-            .get(endpoint)
-            .map_or(0, |p| p.iter().map(|p| p.idle_count()).sum())
+        self.pools.get(endpoint).map_or(0, |p| p.idle_count())
     }
 
+    /// Sends `wire` (from [`encode`]) to `endpoint`, on a pooled connection if `pooled` and
+    /// one is idle, else on a fresh one.
     pub async fn send(
         &self,
-        req: &Request<RequestBody>,
+        wire: &[u8],
+        method: &Method,
         endpoint: usize,
         authority: &Authority,
-    ) -> Result<Response<DirectBody>, ProxyError> {
+        pooled: bool,
+    ) -> Result<Response<DirectBody>, Failed> {
+        let fail = |error| Failed {
+            stale: false,
+            error,
+        };
         let pool = self
             .pools
             .get(endpoint)
-            .ok_or_else(|| ProxyError::UpstreamConnect("no such endpoint".into()))?
-            .local();
-        let body: Option<Bytes> = match req.body() {
-            RequestBody::Full(b) => b.clone(),
-            RequestBody::Stream { .. } => None,
+            .ok_or(fail(H1Error::NoSuchEndpoint))?;
+        let conn = match pooled
+            .then(|| pool.checkout(tokio::time::Instant::now()))
+            .flatten()
+        {
+            Some(conn) => conn,
+            None => self.connect(authority).await.map_err(fail)?,
         };
-        let mut wire = Vec::new();
-        request::encode(req, body.as_ref(), authority.as_str(), &mut wire);
-        let method = req.method();
-        let limits = self.limits;
-        let (conn, head) = match pool.checkout(tokio::time::Instant::now()) {
-            Some(conn) => match exchange(conn, &wire, method, limits).await {
-                Ok(done) => done,
-                // The upstream closed the pooled connection as levee reused it: the request
-                // never reached the application, so an idempotent one goes out once more on a
-                // fresh connection (what hyper-util's pool does too).
-                Err(Failed { stale: true, error }) if crate::call::is_idempotent(method) => {
-                    tracing::debug!(%error, "pooled connection was closed; sending again");
-                    let conn = self.connect(authority).await?;
-                    exchange(conn, &wire, method, limits)
-                        .await
-                        .map_err(|f| failed(f.error))?
-                }
-                Err(f) => return Err(failed(f.error)),
-            },
-            None => {
-                let conn = self.connect(authority).await?;
-                exchange(conn, &wire, method, limits)
-                    .await
-                    .map_err(|f| failed(f.error))?
-            }
-        };
+        let (conn, head) = exchange(conn, wire, method, self.settings.limits).await?;
         let body = into_body(conn, head.framing, head.keep_alive, pool);
         let mut resp = Response::new(body);
         *resp.status_mut() = head.status;
@@ -155,16 +137,12 @@ impl DirectClient {
         Ok(resp)
     }
 
-    async fn connect(&self, authority: &Authority) -> Result<Conn, ProxyError> {
+    async fn connect(&self, authority: &Authority) -> Result<Conn, H1Error> {
         let connecting = TcpStream::connect(authority.as_str());
-        let stream = match tokio::time::timeout(self.connect_timeout, connecting).await {
+        let stream = match tokio::time::timeout(self.settings.connect_timeout, connecting).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(ProxyError::UpstreamConnect(Box::new(e))),
-            Err(_) => {
-                return Err(ProxyError::UpstreamConnect(
-                    format!("connect timed out after {:?}", self.connect_timeout).into(),
-                ))
-            }
+            Ok(Err(e)) => return Err(H1Error::Connect(e)),
+            Err(_) => return Err(H1Error::ConnectTimeout(self.settings.connect_timeout)),
         };
         let _ = stream.set_nodelay(true);
         let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
@@ -173,21 +151,20 @@ impl DirectClient {
     }
 }
 
-/// A response beyond the upstream's header limits is refused as `upstream_protocol` (not the
-/// upstream's failure); anything else that broke the exchange is a reset.
-fn failed(error: H1Error) -> ProxyError {
-    match error {
-        H1Error::HeadTooLarge(_) | H1Error::TooManyHeaders(_) => {
-            ProxyError::UpstreamProtocol(Box::new(error))
-        }
-        _ => ProxyError::UpstreamReset(Box::new(error)),
-    }
+/// Whether `e` says the peer closed (FIN or RST) the connection.
+pub fn is_closed(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+    )
 }
 
-/// A failed exchange; `stale` when a reused connection failed before any response byte.
-struct Failed {
-    stale: bool,
-    error: H1Error,
+/// A failed exchange; `stale` when a reused connection failed before any response byte: the
+/// request never reached the application, and may go again on a fresh connection.
+pub struct Failed {
+    pub stale: bool,
+    pub error: H1Error,
 }
 
 /// Writes `wire` on `conn` and reads the final response head.
@@ -197,17 +174,8 @@ async fn exchange(
     method: &Method,
     limits: response::Limits,
 ) -> Result<(Conn, response::Head), Failed> {
-    let stale_if = |conn: &Conn, received: bool, e: &std::io::Error| {
-        conn.reused
-            && !received
-            && matches!(
-                e.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::UnexpectedEof
-            )
-    };
+    let stale_if =
+        |conn: &Conn, received: bool, e: &std::io::Error| conn.reused && !received && is_closed(e);
     if let Err(e) = conn.stream.write_all(wire).await {
         return Err(Failed {
             stale: stale_if(&conn, false, &e),
