@@ -2,7 +2,7 @@
 //! replay on a retry, and counted on the way out for the access log.
 
 use crate::conn::{Busy, ConnActivity};
-use crate::upstream::h1::DirectBody;
+use crate::h1::DirectBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -222,7 +222,7 @@ pub enum ResponseBodyError {
     #[error("upstream body: {0}")]
     Upstream(#[from] hyper::Error),
     #[error("upstream body: {0}")]
-    Direct(#[from] crate::upstream::h1::H1Error),
+    Direct(#[from] crate::h1::H1Error),
     #[error("upstream sent no body data for {0:?}")]
     Stalled(std::time::Duration),
 }

@@ -337,7 +337,7 @@ pub fn headers(data: &[u8]) {
 /// Input: byte 0 picks the request method (bits 0-1) and the split point (the rest); then the
 /// bytes the upstream sends.
 pub fn h1_response(data: &[u8]) {
-    use crate::upstream::h1::response::{parse, Limits};
+    use crate::h1::response::{parse, Limits};
     use bytes::BytesMut;
     // The defaults of `max_response_header_bytes` and `max_response_headers`.
     const LIMITS: Limits = Limits {
@@ -353,14 +353,14 @@ pub fn h1_response(data: &[u8]) {
         2 => http::Method::POST,
         _ => http::Method::CONNECT,
     };
-    let summary = |r: Result<Option<crate::upstream::h1::response::Head>, _>, rest: &BytesMut| {
+    let summary = |r: Result<Option<crate::h1::response::Head>, _>, rest: &BytesMut| {
         r.map(|h| {
             h.map(|h| {
                 let framing = format!("{:?}", h.framing);
                 (h.status, h.headers, framing, h.keep_alive, rest.len())
             })
         })
-        .map_err(|e: crate::upstream::h1::H1Error| e.to_string())
+        .map_err(|e: crate::h1::H1Error| e.to_string())
     };
     let mut whole = BytesMut::from(input);
     let at_once = summary(parse(&mut whole, &method, LIMITS), &whole);
@@ -408,7 +408,7 @@ pub fn h1_response(data: &[u8]) {
 ///
 /// Input: byte 0 is the read size (1..=256); then the body bytes.
 pub fn h1_chunked(data: &[u8]) {
-    use crate::upstream::h1::chunked::{ChunkedDecoder, Decoded, MAX_SIZE_LINE, MAX_TRAILERS};
+    use crate::h1::chunked::{ChunkedDecoder, Decoded, MAX_SIZE_LINE, MAX_TRAILERS};
     use bytes::BytesMut;
     let Some((&step, input)) = data.split_first() else {
         return;

@@ -14,6 +14,7 @@ pub mod diff_cli;
 pub mod error;
 pub mod fuzzing;
 pub mod grpc;
+pub mod h1;
 pub mod history;
 pub mod layers;
 pub mod lifecycle;

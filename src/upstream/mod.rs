@@ -4,7 +4,6 @@
 
 pub mod balance;
 pub mod client;
-pub mod h1;
 pub mod health;
 pub mod hold;
 pub mod probe;
