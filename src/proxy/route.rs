@@ -1,36 +1,23 @@
 //! The router, compiled once per config: a hash lookup for exact hosts, wildcard suffixes from
 //! longest to shortest, then the host-less routes; within a host, the first route in
 //! `crate::traffic::matcher`'s order whose path and conditions match (exact `path`, then `path_regex`, then
-//! the longest `path_prefix`; more conditions first).
+//! the longest `path_prefix`; more conditions first). A table's path regexes are searched as one
+//! `regex::RegexSet`, and its header regexes as one set per header name
+//! (`crate::traffic::regex_set`), so many regex routes cost about one search each per request.
 //!
 //! Like nginx's `server_name` and Envoy's virtual hosts, the host picks a table first and the path
 //! is matched only inside it: a request for `api.example.com` never falls through to the routes of
 //! another host because its path matched nothing.
 
 use crate::traffic::matcher::{RequestView, RouteMatch};
+use crate::traffic::regex_set::RouteTable;
 use http::{HeaderMap, Method};
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-/// Routes for one host, in the order they are tried (`crate::traffic::matcher` states it).
-#[derive(Debug, Default, Clone)]
-struct PathTable {
-    entries: Vec<(RouteMatch, usize)>,
-}
-
-impl PathTable {
-    fn insert(&mut self, matcher: &RouteMatch, route: usize) {
-        self.entries.push((matcher.clone(), route));
-        self.entries.sort_by_key(|(m, r)| m.rank(*r));
-    }
-
-    fn find(&self, req: &RequestView<'_>) -> Option<usize> {
-        self.entries
-            .iter()
-            .find(|(m, _)| m.matches(req))
-            .map(|(_, r)| *r)
-    }
-}
+/// Routes for one host, in the order they are tried (`crate::traffic::matcher` states it), their
+/// regexes searched as sets (`crate::traffic::regex_set`).
+type PathTable = RouteTable;
 
 /// Maps a request's host, path, method, headers and query to a route index.
 #[derive(Debug, Default, Clone)]
@@ -55,28 +42,35 @@ impl Router {
     pub fn with_matchers<'a>(
         routes: impl IntoIterator<Item = (Option<&'a str>, &'a RouteMatch)>,
     ) -> Router {
-        let mut r = Router::default();
+        type Routes = Vec<(RouteMatch, usize)>;
+        let mut exact: HashMap<Box<str>, Routes> = HashMap::new();
+        let mut wildcard: Vec<(Box<str>, Routes)> = Vec::new();
+        let mut any: Option<Routes> = None;
         for (i, (host, matcher)) in routes.into_iter().enumerate() {
+            let entry = (matcher.clone(), i);
             match host {
-                None => r
-                    .any
-                    .get_or_insert_with(Default::default)
-                    .insert(matcher, i),
+                None => any.get_or_insert_with(Vec::new).push(entry),
                 Some(h) => match h.strip_prefix('*') {
-                    Some(suffix) => match r.wildcard.iter_mut().find(|(s, _)| &**s == suffix) {
-                        Some((_, t)) => t.insert(matcher, i),
-                        None => {
-                            let mut t = PathTable::default();
-                            t.insert(matcher, i);
-                            r.wildcard.push((suffix.into(), t));
-                        }
+                    Some(suffix) => match wildcard.iter_mut().find(|(s, _)| &**s == suffix) {
+                        Some((_, t)) => t.push(entry),
+                        None => wildcard.push((suffix.into(), vec![entry])),
                     },
-                    None => r.exact.entry(h.into()).or_default().insert(matcher, i),
+                    None => exact.entry(h.into()).or_default().push(entry),
                 },
             }
         }
-        r.wildcard.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
-        r
+        wildcard.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
+        Router {
+            exact: exact
+                .into_iter()
+                .map(|(h, t)| (h, RouteTable::new(t)))
+                .collect(),
+            wildcard: wildcard
+                .into_iter()
+                .map(|(s, t)| (s, RouteTable::new(t)))
+                .collect(),
+            any: any.map(RouteTable::new),
+        }
     }
 
     /// `host` must be lowercase without a port. A GET without headers or query.

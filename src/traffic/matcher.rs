@@ -1,6 +1,7 @@
 //! What a route matches besides its host: the path (a prefix, an exact path or a regex) and the
 //! optional conditions on method, headers and query parameters. Compiled once at config load;
-//! matching a request allocates nothing unless a query parameter needs percent-decoding.
+//! matching a request allocates nothing unless a query parameter needs percent-decoding (a host's
+//! table, `super::regex_set`, adds one small buffer per regex set it searches).
 //!
 //! Order within a host (see `super::route`): exact `path` routes, then `path_regex` routes in file
 //! order, then `path_prefix` routes longest first; among routes with the same path, the one with
@@ -64,7 +65,7 @@ impl Default for PathMatch {
 }
 
 impl PathMatch {
-    fn matches(&self, path: &str) -> bool {
+    pub fn matches(&self, path: &str) -> bool {
         match self {
             PathMatch::Prefix(p) => path.starts_with(p.as_str()),
             PathMatch::Exact(p) => path == p,
@@ -105,7 +106,7 @@ pub enum HeaderMatch {
 }
 
 impl HeaderMatch {
-    fn matches(&self, headers: &HeaderMap, name: &HeaderName) -> bool {
+    pub fn matches(&self, headers: &HeaderMap, name: &HeaderName) -> bool {
         let mut values = headers.get_all(name).iter();
         match self {
             HeaderMatch::Present => values.next().is_some(),
@@ -162,7 +163,12 @@ impl RouteMatch {
                 .headers
                 .iter()
                 .all(|(name, m)| m.matches(req.headers, name))
-            && self.query.iter().all(|(k, v)| query_has(req.query, k, v))
+            && self.query_matches(req.query)
+    }
+
+    /// Whether every `query` condition holds for the request's query string.
+    pub fn query_matches(&self, query: Option<&str>) -> bool {
+        self.query.iter().all(|(k, v)| query_has(query, k, v))
     }
 
     /// The order routes of one host are tried in, lowest first; `index` is the route's place in
