@@ -9,6 +9,7 @@ pub mod cli_docs;
 pub mod config;
 pub mod conn;
 pub mod deadline;
+pub mod dns;
 pub mod demo;
 pub mod diff_cli;
 pub mod error;

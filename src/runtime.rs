@@ -85,6 +85,8 @@ pub struct Levee {
     watch: parking_lot::Mutex<Option<Arc<parking_lot::Mutex<crate::watch::FileWatch>>>>,
     /// Where the listeners run (`crate::worker`); dropping levee ends the worker threads.
     workers: Vec<WorkerRuntime>,
+    /// The resolver tasks of upstreams with `dns_refresh` (`crate::dns`).
+    dns: crate::dns::Tasks,
 }
 
 impl Levee {
@@ -157,8 +159,10 @@ impl Levee {
                 me: weak.clone(),
                 watch: parking_lot::Mutex::new(None),
                 workers: worker_runtimes,
+                dns: crate::dns::Tasks::default(),
             }
         });
+        levee.follow_dns();
         if watch || levee.shared.snapshot.load().config.admin.watch {
             levee.start_watching();
         }
@@ -181,6 +185,12 @@ impl Levee {
             Ok(w) => *slot = Some(w),
             Err(e) => tracing::error!("{e}"),
         }
+    }
+
+    /// Starts a resolver task for each upstream with `dns_refresh` that has none yet.
+    fn follow_dns(&self) {
+        let me: std::sync::Weak<dyn crate::dns::Follow> = self.me.clone();
+        self.dns.follow(me, &self.shared.snapshot.load());
     }
 
     /// Whether the file watch runs.
@@ -223,6 +233,9 @@ impl Levee {
         );
         if result.is_ok() && self.shared.snapshot.load().config.admin.watch {
             self.start_watching();
+        }
+        if result.is_ok() {
+            self.follow_dns();
         }
         let metrics = &self.shared.metrics;
         let outcome = match &result {
@@ -369,4 +382,48 @@ fn log_changes(old: &Config, new: &Config, version: u64) {
         upstreams_modified = ?um,
         "config reloaded"
     );
+}
+
+impl crate::dns::Follow for Levee {
+    fn current(&self) -> Arc<Snapshot> {
+        self.shared.snapshot.load_full()
+    }
+
+    /// Rebuilds the running snapshot with `upstream`'s new addresses, under the reload lock and
+    /// through `Snapshot::build`'s carry-over: its config (and version) stay as they are.
+    fn publish_resolved<'a>(
+        &'a self,
+        upstream: &'a str,
+        resolved: crate::config::dns::Resolved,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            let _serial = self.reload_lock.lock().await;
+            let old = self.shared.snapshot.load_full();
+            let follows = old
+                .config
+                .upstreams
+                .iter()
+                .any(|u| u.name == upstream && u.dns_refresh.is_some());
+            if !follows {
+                return;
+            }
+            let mut all = (*old.resolved).clone();
+            all.insert(upstream.to_string(), resolved);
+            let config = (*old.config).clone();
+            match Snapshot::build_resolved(config, Some(&old), &self.shared.metrics, Arc::new(all))
+            {
+                Ok(mut snapshot) => {
+                    snapshot.version = old.version;
+                    snapshot.loaded_at = old.loaded_at;
+                    snapshot.activate();
+                    self.shared.publish(Arc::new(snapshot));
+                }
+                Err(e) => tracing::error!(
+                    upstream,
+                    error = %e,
+                    "DNS: cannot use the new addresses; keeping the old ones"
+                ),
+            }
+        })
+    }
 }

@@ -8,6 +8,7 @@ pub mod h1;
 pub mod health;
 pub mod hold;
 pub mod probe;
+pub mod readdress;
 pub mod slow_start;
 pub mod weights;
 
@@ -55,7 +56,8 @@ pub struct Upstream {
     pub name: Arc<str>,
     pub config: UpstreamConfig,
     pub endpoints: Box<[Endpoint]>,
-    pub breaker: CircuitBreaker,
+    /// Shared with the next snapshot's upstream when only its resolved addresses change.
+    pub breaker: Arc<CircuitBreaker>,
     pub concurrency: ConcurrencyLimit,
     pub outlier: OutlierDetector,
     pub client: UpstreamClient,
@@ -114,11 +116,11 @@ impl Upstream {
         }
         let name: Arc<str> = config.name.as_str().into();
         Ok(Upstream {
-            breaker: CircuitBreaker::new(
+            breaker: Arc::new(CircuitBreaker::new(
                 name.clone(),
                 probe::breaker_settings(config),
                 metrics.clone(),
-            ),
+            )),
             concurrency: ConcurrencyLimit::new(
                 config.breaker.max_concurrent_requests,
                 config.breaker.max_pending,
