@@ -40,10 +40,11 @@ pub(super) fn dns(raw: RawDns, d: &mut Diagnostics) -> DnsConfig {
     let mut nameservers = Vec::new();
     for s in raw.nameservers.unwrap_or_default() {
         let text = s.get_ref().trim();
-        let parsed = text
-            .parse::<SocketAddr>()
-            .ok()
-            .or_else(|| text.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)));
+        let parsed = text.parse::<SocketAddr>().ok().or_else(|| {
+            text.parse::<IpAddr>()
+                .ok()
+                .map(|ip| SocketAddr::new(ip, 53))
+        });
         match parsed {
             Some(a) => nameservers.push(a),
             None => d.at(
@@ -104,7 +105,8 @@ mod tests {
     use std::path::Path;
 
     fn parse(text: &str) -> Result<super::super::Config, String> {
-        let base = "[[listener]]\nbind = \"127.0.0.1:0\"\n[[route]]\nname = \"r\"\nupstream = \"u\"\n";
+        let base =
+            "[[listener]]\nbind = \"127.0.0.1:0\"\n[[route]]\nname = \"r\"\nupstream = \"u\"\n";
         super::super::parse("t.toml", &format!("{base}{text}"), Path::new("."))
             .map_err(|e| e.to_string())
     }
@@ -143,7 +145,10 @@ mod tests {
         assert_eq!(ok.dns.nameservers, want);
         let bad = parse(&format!("{up}[dns]\nnameservers = [\"ns.example:53\"]\n")).unwrap_err();
         assert!(bad.contains("t.toml:10:16"), "{bad}");
-        assert!(bad.contains("invalid nameserver \"ns.example:53\""), "{bad}");
+        assert!(
+            bad.contains("invalid nameserver \"ns.example:53\""),
+            "{bad}"
+        );
         let unknown = parse(&format!("{up}[dns]\nserver = \"1.1.1.1\"\n")).unwrap_err();
         assert!(unknown.contains("t.toml:10"), "{unknown}");
     }
@@ -155,15 +160,25 @@ mod tests {
         )
         .unwrap();
         let u = &c.upstreams[0];
-        assert_eq!(names(u), vec![("app".to_string(), 80), ("other".to_string(), 81)]);
+        assert_eq!(
+            names(u),
+            vec![("app".to_string(), 80), ("other".to_string(), 81)]
+        );
         let mut r = Resolved::new();
-        r.insert("app:80".into(), vec!["10.0.0.1:80".into(), "10.0.0.2:80".into()]);
+        r.insert(
+            "app:80".into(),
+            vec!["10.0.0.1:80".into(), "10.0.0.2:80".into()],
+        );
         let s = substitute(u, &r);
         assert_eq!(
             s.endpoints,
             ["10.0.0.9:80", "10.0.0.1:80", "10.0.0.2:80", "other:81"]
         );
         assert_eq!(s.endpoint_weights, [1, 3, 3, 1]);
-        assert_eq!(substitute(u, &Resolved::new()), *u, "nothing resolved: as written");
+        assert_eq!(
+            substitute(u, &Resolved::new()),
+            *u,
+            "nothing resolved: as written"
+        );
     }
 }

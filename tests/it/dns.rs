@@ -167,7 +167,10 @@ async fn addresses_follow_the_dns_answer_while_traffic_flows() {
         return;
     };
     drop(two);
-    let two = Origin::new().body("two").start_on(&format!("{TWO}:{port}")).await;
+    let two = Origin::new()
+        .body("two")
+        .start_on(&format!("{TWO}:{port}"))
+        .await;
     let dns = TestDns::start(&[ONE]).await;
     let proxy = TestProxy::start(&config(dns.addr, port)).await;
     let addr = |ip: Ipv4Addr| format!("{ip}:{port}");
@@ -178,7 +181,10 @@ async fn addresses_follow_the_dns_answer_while_traffic_flows() {
 
     dns.answer(Some(&[ONE, TWO]));
     wait_for(&proxy, "127.0.0.2 added", &[addr(ONE), addr(TWO)]).await;
-    eventually("127.0.0.2 gets traffic", WITHIN, || async { two.hits() > 0 }).await;
+    eventually("127.0.0.2 gets traffic", WITHIN, || async {
+        two.hits() > 0
+    })
+    .await;
 
     dns.answer(Some(&[TWO]));
     wait_for(&proxy, "127.0.0.1 removed", &[addr(TWO)]).await;
@@ -189,7 +195,11 @@ async fn addresses_follow_the_dns_answer_while_traffic_flows() {
     .await;
     stop.store(true, Ordering::SeqCst);
     let (sent, failed) = load.await.unwrap();
-    assert!(failed.is_empty(), "{} of {sent} failed: {failed:?}", failed.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} failed: {failed:?}",
+        failed.len()
+    );
     assert!(sent > 10, "traffic flowed: {sent}");
     assert_eq!(one.hits(), hits_one, "nothing goes to a removed address");
 

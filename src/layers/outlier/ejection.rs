@@ -205,7 +205,11 @@ impl OutlierDetector {
     /// A detector for `from.len()` endpoints where endpoint `i` goes on as `old`'s endpoint
     /// `from[i]` (its ejection, streak and window), or starts fresh where that is `None`: an
     /// upstream whose resolved addresses changed keeps the state of those that stayed.
-    pub fn carried(settings: OutlierSettings, old: &OutlierDetector, from: &[Option<usize>]) -> Self {
+    pub fn carried(
+        settings: OutlierSettings,
+        old: &OutlierDetector,
+        from: &[Option<usize>],
+    ) -> Self {
         let mut d = Self::new(settings, from.len());
         d.origin = old.origin;
         for (ep, src) in d.endpoints.iter_mut().zip(from) {
