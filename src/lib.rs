@@ -11,6 +11,7 @@ pub mod conn;
 pub mod deadline;
 pub mod demo;
 pub mod diff_cli;
+pub mod dns;
 pub mod error;
 pub mod fuzzing;
 pub mod grpc;

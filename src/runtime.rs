@@ -95,6 +95,8 @@ pub struct Levee {
     on_reload: parking_lot::Mutex<Vec<OnReload>>,
     /// Where the listeners run (`crate::worker`); dropping levee ends the worker threads.
     workers: Vec<WorkerRuntime>,
+    /// The resolver tasks of upstreams with `dns_refresh` (`crate::dns`).
+    dns: crate::dns::Tasks,
 }
 
 impl Levee {
@@ -150,6 +152,20 @@ impl Levee {
             reload_lock: Mutex::new(()),
             on_reload: parking_lot::Mutex::new(Vec::new()),
             workers: worker_runtimes,
+            dns: crate::dns::Tasks::default(),
+        });
+        // The resolver tasks follow the upstreams with `dns_refresh`, now and after each reload.
+        let follower: std::sync::Weak<dyn crate::dns::Follow> = Arc::downgrade(&levee) as _;
+        levee
+            .dns
+            .follow(follower.clone(), &levee.shared.snapshot.load());
+        let me = Arc::downgrade(&levee);
+        levee.on_reload(move |reload| {
+            if let (Reload::Ended(Ok(_)), Some(levee)) = (reload, me.upgrade()) {
+                levee
+                    .dns
+                    .follow(follower.clone(), &levee.shared.snapshot.load());
+            }
         });
         Ok((levee, admin_tcp))
     }
@@ -331,4 +347,48 @@ fn log_changes(old: &Config, new: &Config, version: u64) {
         upstreams_modified = ?um,
         "config reloaded"
     );
+}
+
+impl crate::dns::Follow for Levee {
+    fn current(&self) -> Arc<Snapshot> {
+        self.shared.snapshot.load_full()
+    }
+
+    /// Rebuilds the running snapshot with `upstream`'s new addresses, under the reload lock and
+    /// through `Snapshot::build`'s carry-over: its config (and version) stay as they are.
+    fn publish_resolved<'a>(
+        &'a self,
+        upstream: &'a str,
+        resolved: crate::config::dns::Resolved,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            let _serial = self.reload_lock.lock().await;
+            let old = self.shared.snapshot.load_full();
+            let follows = old
+                .config
+                .upstreams
+                .iter()
+                .any(|u| u.name == upstream && u.dns_refresh.is_some());
+            if !follows {
+                return;
+            }
+            let mut all = (*old.resolved).clone();
+            all.insert(upstream.to_string(), resolved);
+            let config = (*old.config).clone();
+            match Snapshot::build_resolved(config, Some(&old), &self.shared.metrics, Arc::new(all))
+            {
+                Ok(mut snapshot) => {
+                    snapshot.version = old.version;
+                    snapshot.loaded_at = old.loaded_at;
+                    snapshot.activate();
+                    self.shared.publish(Arc::new(snapshot));
+                }
+                Err(e) => tracing::error!(
+                    upstream,
+                    error = %e,
+                    "DNS: cannot use the new addresses; keeping the old ones"
+                ),
+            }
+        })
+    }
 }

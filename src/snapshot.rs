@@ -57,6 +57,9 @@ pub struct Snapshot {
     pub listeners: HashMap<String, Arc<ListenerRuntime>>,
     /// The Redis of global rate limits; kept across reloads while `[redis]` is unchanged.
     pub redis: Option<Arc<Redis>>,
+    /// What the endpoint names of upstreams with `dns_refresh` resolved to, by upstream name
+    /// (`crate::dns`); a reload keeps it, so only a changed answer changes the endpoints.
+    pub resolved: Arc<HashMap<String, crate::config::dns::Resolved>>,
 }
 
 impl Snapshot {
@@ -69,15 +72,40 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         metrics: &Arc<Metrics>,
     ) -> Result<Snapshot, String> {
+        let resolved = previous.map(|p| p.resolved.clone()).unwrap_or_default();
+        Self::build_resolved(config, previous, metrics, resolved)
+    }
+
+    /// [`Snapshot::build`] with the names of upstreams with `dns_refresh` resolved as
+    /// `resolved` says. An upstream whose definition is unchanged but whose addresses changed
+    /// keeps its breaker, and each address that stays keeps its state (`Upstream::readdressed`).
+    pub fn build_resolved(
+        config: Config,
+        previous: Option<&Snapshot>,
+        metrics: &Arc<Metrics>,
+        resolved: Arc<HashMap<String, crate::config::dns::Resolved>>,
+    ) -> Result<Snapshot, String> {
         let mut upstreams: Vec<Arc<Upstream>> = Vec::with_capacity(config.upstreams.len());
-        for u in &config.upstreams {
+        for declared in &config.upstreams {
+            let substituted = match (declared.dns_refresh, resolved.get(&declared.name)) {
+                (Some(_), Some(r)) => Some(crate::config::dns::substitute(declared, r)),
+                _ => None,
+            };
+            let u = substituted.as_ref().unwrap_or(declared);
             let old =
                 previous.and_then(|p| p.upstreams.iter().find(|old| old.config.name == u.name));
             let kept = old
                 .filter(|old| carry::upstream(Some(&old.config), u).is_kept())
                 .cloned();
+            let same_definition = previous
+                .and_then(|p| p.config.upstreams.iter().find(|o| o.name == u.name))
+                .is_some_and(|o| o == declared);
             upstreams.push(match kept {
                 Some(old) => old,
+                None if same_definition && old.is_some() => match old {
+                    Some(old) => Arc::new(Upstream::readdressed(old, u, metrics)?),
+                    None => Arc::new(Upstream::new(u, metrics)?),
+                },
                 None => {
                     let mut fresh = Upstream::new(u, metrics)?;
                     if let Some(old) = old {
@@ -205,6 +233,7 @@ impl Snapshot {
             upstreams,
             listeners,
             redis,
+            resolved,
         })
     }
 

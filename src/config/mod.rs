@@ -5,6 +5,7 @@
 pub mod carry;
 pub mod diagnostics;
 pub mod diff;
+pub mod dns;
 pub mod model;
 pub mod raw;
 mod recovery;

@@ -19,6 +19,8 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// The Redis server shared by `scope = "global"` rate limits.
     pub redis: Option<RedisConfig>,
+    /// `[dns]`: the resolver for upstreams with `dns_refresh`.
+    pub dns: DnsConfig,
     /// Hash of the file's bytes, shown in `/status` so operators can tell which file is live.
     pub hash: String,
     /// The file as parsed, secrets removed, paths absolute: what `GET /config` shows
@@ -183,6 +185,15 @@ pub struct UpstreamConfig {
     pub max_response_header_bytes: usize,
     /// The most header fields a response may carry; beyond it: 502 `upstream_protocol`.
     pub max_response_headers: usize,
+    /// Resolve each endpoint name to all its addresses and re-resolve on this period; `None`:
+    /// names are left to the connector, as written.
+    pub dns_refresh: Option<Duration>,
+}
+
+/// `[dns]`: the nameservers levee asks; empty = the system's (`/etc/resolv.conf`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DnsConfig {
+    pub nameservers: Vec<SocketAddr>,
 }
 
 /// The breaker's state-machine settings plus the limits and failure definition around it.

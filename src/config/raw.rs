@@ -18,6 +18,14 @@ pub struct RawConfig {
     #[serde(default)]
     pub upstream: Vec<RawUpstream>,
     pub redis: Option<Spanned<RawRedis>>,
+    pub dns: Option<RawDns>,
+}
+
+/// `[dns]`: where endpoint names are resolved.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    pub nameservers: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -185,6 +193,7 @@ pub struct RawUpstream {
     pub health_check: Option<Spanned<RawHealthCheck>>,
     pub max_response_header_bytes: Option<Spanned<Size>>,
     pub max_response_headers: Option<Spanned<usize>>,
+    pub dns_refresh: Option<Spanned<Dur>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -29,6 +29,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path, d: &mut Diagnostics) -> Option<
         .filter_map(|u| upstream(u, base_dir, d))
         .collect();
     let redis = raw.redis.map(|r| redis(r.into_inner(), d));
+    let dns = raw.dns.map(|r| super::dns::dns(r, d)).unwrap_or_default();
     let has_redis = redis.is_some();
     let route_spans: Vec<std::ops::Range<usize>> =
         raw.route.iter().map(super::traffic::route_span).collect();
@@ -60,6 +61,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path, d: &mut Diagnostics) -> Option<
         routes,
         upstreams,
         redis,
+        dns,
         hash: String::new(),
         shown: Default::default(),
     })
@@ -655,8 +657,13 @@ fn upstream(raw: RawUpstream, base_dir: &Path, d: &mut Diagnostics) -> Option<Up
             200
         }
     };
+    let dns_refresh = raw
+        .dns_refresh
+        .as_ref()
+        .and_then(|r| super::dns::refresh(r, d));
     Some(UpstreamConfig {
         name,
+        dns_refresh,
         endpoints,
         endpoint_weights,
         balance,

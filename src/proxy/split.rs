@@ -392,6 +392,7 @@ mod tests {
             health_check: None,
             max_response_header_bytes: 65536,
             max_response_headers: 100,
+            dns_refresh: None,
         };
         match Upstream::new(&config, &metrics) {
             Ok(u) => Arc::new(u),

@@ -7,6 +7,7 @@ pub mod client;
 pub mod health;
 pub mod hold;
 pub mod probe;
+pub mod readdress;
 pub mod slow_start;
 pub mod weights;
 
@@ -59,6 +60,7 @@ pub struct Upstream {
     pub name: Arc<str>,
     pub config: UpstreamConfig,
     pub endpoints: Box<[Endpoint]>,
+    /// Shared with the next snapshot's upstream when only its resolved addresses change.
     pub breaker: Arc<CircuitBreaker>,
     pub concurrency: Arc<ConcurrencyLimit>,
     pub outlier: Arc<OutlierDetector>,

@@ -7,6 +7,7 @@ mod architecture;
 mod config_diff;
 mod core;
 mod dashboard;
+mod dns;
 mod faults;
 mod framing;
 mod fuzz_corpus;

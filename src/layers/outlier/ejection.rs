@@ -125,7 +125,7 @@ struct Endpoint {
     state: Mutex<EndpointState>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct EndpointState {
     consecutive_failures: u32,
     times_ejected: u32,
@@ -134,7 +134,7 @@ struct EndpointState {
     window: Window,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Window {
     generation: u64,
     requests: [u32; SLOTS],
@@ -200,6 +200,25 @@ impl OutlierDetector {
                 .collect(),
             ejection: Mutex::new(()),
         }
+    }
+
+    /// A detector for `from.len()` endpoints where endpoint `i` goes on as `old`'s endpoint
+    /// `from[i]` (its ejection, streak and window), or starts fresh where that is `None`: an
+    /// upstream whose resolved addresses changed keeps the state of those that stayed.
+    pub fn carried(
+        settings: OutlierSettings,
+        old: &OutlierDetector,
+        from: &[Option<usize>],
+    ) -> Self {
+        let mut d = Self::new(settings, from.len());
+        d.origin = old.origin;
+        for (ep, src) in d.endpoints.iter_mut().zip(from) {
+            if let Some(o) = src.and_then(|j| old.endpoints.get(j)) {
+                ep.ejected_until = AtomicU64::new(o.ejected_until.load(Ordering::Acquire));
+                *ep.state.get_mut() = o.state.lock().clone();
+            }
+        }
+        d
     }
 
     /// Records one request outcome for `endpoint`; returns the ejection it

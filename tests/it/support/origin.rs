@@ -84,7 +84,12 @@ impl Origin {
     }
 
     pub async fn start(self) -> OriginHandle {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.start_on("127.0.0.1:0").await
+    }
+
+    /// Like [`Origin::start`], on `addr` (another loopback address, a given port).
+    pub async fn start_on(self, addr: &str) -> OriginHandle {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(OriginState {
             behaviour: Mutex::new(self.behaviour),
