@@ -318,11 +318,10 @@ pub fn headers(data: &[u8]) {
         "x-forwarded-for {:?} does not end with the peer",
         xff[0]
     );
-    // ok: a fuzz assertion; panicking is how the fuzzer reports a missing header.
-    let via = headers.get("via").expect("via is set");
+    // A fuzz assertion: panicking is how the fuzzer reports a missing header.
+    let via = headers.get("via").expect("via is set"); // ok: fuzz assertion
     assert!(via.as_bytes().ends_with(b" levee"), "via {via:?}");
-    // ok: a fuzz assertion, as above.
-    let proto = headers.get("x-forwarded-proto").expect("proto is set");
+    let proto = headers.get("x-forwarded-proto").expect("proto is set"); // ok: fuzz assertion
     if !peer.trusted {
         let want: &[u8] = if tls { b"https" } else { b"http" };
         assert_eq!(proto.as_bytes(), want);
