@@ -5,8 +5,10 @@ use clap::{CommandFactory, Parser, Subcommand};
 // mimalloc: a proxy allocates and frees many small buffers per request; glibc malloc showed up
 // at ~6% of CPU in profiles under load.
 #[cfg(feature = "mimalloc")]
+mod allocator;
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: allocator::Mimalloc = allocator::Mimalloc;
 
 use levee::diff_cli::Against;
 use levee::logging::{self, LogFormat};
@@ -336,18 +338,4 @@ fn run(source: ConfigSource, watch: bool, workers: Workers) -> ExitCode {
 #[cfg(not(feature = "mimalloc"))]
 const RELEASE_MEMORY: Option<fn()> = None;
 #[cfg(feature = "mimalloc")]
-const RELEASE_MEMORY: Option<fn()> = Some(mi_collect_now);
-
-/// mimalloc's collect, for `levee::run::release_memory_after_parking`: the `mimalloc` crate
-/// (0.1.52) has no safe API for it, and lib.rs forbids unsafe code, so it is declared here.
-#[cfg(feature = "mimalloc")]
-fn mi_collect_now() {
-    extern "C" {
-        /// mimalloc's `void mi_collect(bool force)`: frees retired pages and, with `force`,
-        /// returns every free page to the OS now.
-        fn mi_collect(force: bool);
-    }
-    // SAFETY: a plain C call with no pointers; mimalloc's collection may run on any
-    // thread at any time (it is what the allocator does on its own, just sooner).
-    unsafe { mi_collect(true) };
-}
+const RELEASE_MEMORY: Option<fn()> = Some(allocator::collect);

@@ -5,7 +5,8 @@
 //! connection future alive for as long as the connection is open, idle or not, and offers no way
 //! to release them from outside. nginx frees its request buffers on an idle keep-alive
 //! connection; this module does the same by ending the hyper connection instead: once nothing
-//! has been in flight for `PARK_AFTER`, the loop asks hyper to shut the connection down
+//! has been in flight for `PARK_AFTER` (20 ms once the worker holds over 64 awake, see
+//! `conn::park_after`), the loop asks hyper to shut the connection down
 //! gracefully (hyper, idle between requests, stops at once and writes nothing), takes the socket
 //! back with the bytes hyper read but had not parsed, and waits for the socket to become
 //! readable. Then a fresh hyper connection continues on the same socket, fed those bytes first.
@@ -19,7 +20,7 @@
 //! connection are handed over through `ConnActivity`, since the plain hyper connection used here
 //! does not fulfil `hyper::upgrade::on`.
 
-use crate::conn::{plan, ConnActivity, Step, Upgraded, PARK_AFTER};
+use crate::conn::{park_after, plan, ConnActivity, Step, Upgraded, PARK_AFTER};
 use crate::rewind::Rewind;
 
 use crate::proxy::framing::{Audited, FramingAudit};
@@ -189,10 +190,12 @@ async fn serve_http1(
         };
         // Boxed: its size stays off this task's future while the connection is parked.
         let mut conn = Box::new(ctx.listener.http1.serve_connection(io, svc));
+        let awake = worker.awake.enter();
         let first = activity.started();
         let mut parking = false;
         let mut checking = true;
-        tick.as_mut().reset(Instant::now() + PARK_AFTER);
+        tick.as_mut()
+            .reset(Instant::now() + park_after(worker.awake.get()));
         let ended = loop {
             tokio::select! {
                 biased;
@@ -204,7 +207,8 @@ async fn serve_http1(
                     std::pin::Pin::new(&mut *conn).graceful_shutdown();
                 }
                 _ = &mut tick, if checking && !parking && !draining => {
-                    match plan(activity.seen(first), Instant::now(), idle_timeout) {
+                    let park_after = park_after(worker.awake.get());
+                    match plan(activity.seen(first), Instant::now(), idle_timeout, park_after) {
                         Step::Park => {
                             parking = true;
                             std::pin::Pin::new(&mut *conn).graceful_shutdown();
@@ -217,6 +221,7 @@ async fn serve_http1(
             }
         };
         let parts = conn.into_parts();
+        drop(awake);
         let (socket, rest) = parts.io.into_inner().into_inner().into_parts();
         stream = socket.into_inner();
         if let Err(e) = ended {
