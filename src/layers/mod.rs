@@ -6,3 +6,43 @@ pub mod concurrency;
 pub mod outlier;
 pub mod rate_limit;
 pub mod retry;
+
+use crate::call::{Answer, Call, CallFuture, CallService};
+use crate::error::ProxyError;
+use std::task::{Context, Poll};
+
+/// What a protection does to one call, given the service inside it. The protection is its
+/// layer's value (a handful of `Arc`s), so each protection writes only this and its `Layer`,
+/// and shares the service around it: [`Protected`].
+pub trait Protection: Clone + Send + 'static {
+    fn call<S: CallService>(&self, inner: &mut S, call: Call) -> CallFuture;
+}
+
+/// A protection `P` in front of the inner service `S`: what each protection's layer builds.
+/// Always ready: where a call waits (a concurrency slot, a global rate-limit answer, a retry's
+/// backoff), it waits inside its future.
+#[derive(Clone)]
+pub struct Protected<P, S> {
+    protection: P,
+    inner: S,
+}
+
+impl<P, S> Protected<P, S> {
+    pub fn new(protection: P, inner: S) -> Self {
+        Protected { protection, inner }
+    }
+}
+
+impl<P: Protection, S: CallService> tower::Service<Call> for Protected<P, S> {
+    type Response = Answer;
+    type Error = ProxyError;
+    type Future = CallFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: Call) -> CallFuture {
+        self.protection.call(&mut self.inner, call)
+    }
+}
