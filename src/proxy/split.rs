@@ -496,33 +496,22 @@ mod tests {
     async fn the_shift_is_logged_once_each_way() {
         let s = split(&[("stable", 95), ("canary", 5)]);
         let now = Instant::now();
+        let canary = |state| s.targets[1].upstream.breaker.published.publish(&state);
         s.note_shift();
         assert_eq!(s.logged.load(Ordering::Relaxed), 0);
-        s.targets[1]
-            .upstream
-            .breaker
-            .published
-            .publish(&BreakerState::Open {
-                until: now + Duration::from_secs(1),
-            });
+        canary(BreakerState::Open {
+            until: now + Duration::from_secs(1),
+        });
         s.pick(now);
         assert_eq!(s.logged.load(Ordering::Relaxed), 0b10);
         // Half-open still counts as shifted: the end is logged when the breaker closes.
-        s.targets[1]
-            .upstream
-            .breaker
-            .published
-            .publish(&BreakerState::HalfOpen {
-                admitted: 0,
-                succeeded: 0,
-            });
+        canary(BreakerState::HalfOpen {
+            admitted: 0,
+            succeeded: 0,
+        });
         s.pick(now);
         assert_eq!(s.logged.load(Ordering::Relaxed), 0b10);
-        s.targets[1]
-            .upstream
-            .breaker
-            .published
-            .publish(&BreakerState::Closed);
+        canary(BreakerState::Closed);
         s.pick(now);
         assert_eq!(s.logged.load(Ordering::Relaxed), 0);
     }
