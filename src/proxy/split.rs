@@ -432,14 +432,11 @@ mod tests {
     async fn an_open_target_gives_its_share_to_the_others_until_its_time_runs_out() {
         let s = split(&[("stable", 90), ("canary", 5), ("spare", 5)]);
         let now = Instant::now();
+        let canary = |state| s.targets[1].upstream.breaker.published.publish(&state);
         assert_eq!(counts(&s, now), [900, 50, 50]);
-        s.targets[1]
-            .upstream
-            .breaker
-            .published
-            .publish(&BreakerState::Open {
-                until: now + Duration::from_secs(10),
-            });
+        canary(BreakerState::Open {
+            until: now + Duration::from_secs(10),
+        });
         // Its 5 go to the others in proportion to their weights: 90/95 and 5/95.
         assert_eq!(counts(&s, now), [948, 0, 52]);
         let status = s.status(now);
@@ -451,14 +448,10 @@ mod tests {
         assert_eq!(status["targets"][0]["effective_percent"], 94.7);
         // Open time over: the next calls are half-open trials at the normal share.
         assert_eq!(counts(&s, now + Duration::from_secs(10)), [900, 50, 50]);
-        s.targets[1]
-            .upstream
-            .breaker
-            .published
-            .publish(&BreakerState::HalfOpen {
-                admitted: 1,
-                succeeded: 0,
-            });
+        canary(BreakerState::HalfOpen {
+            admitted: 1,
+            succeeded: 0,
+        });
         assert_eq!(counts(&s, now), [900, 50, 50]);
     }
 
