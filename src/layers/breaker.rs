@@ -10,7 +10,7 @@ mod recovery;
 pub mod state;
 pub mod window;
 
-use super::{Protected, Protection};
+use super::{protection_layer, Protected, Protection};
 use crate::call::{Call, CallFuture, CallService};
 use crate::error::ProxyError;
 use crate::metrics::{Metrics, TransitionLabels};
@@ -22,7 +22,6 @@ use state::{
 };
 use std::sync::Arc;
 use tokio::time::Instant;
-use tower::Layer;
 
 /// A shared breaker: one per upstream, used by every request to it.
 pub struct CircuitBreaker {
@@ -168,14 +167,8 @@ impl Drop for TicketGuard<'_> {
 #[derive(Clone)]
 pub struct BreakerLayer(pub Arc<Local<CircuitBreaker>>);
 
-impl<S> Layer<S> for BreakerLayer {
-    type Service = BreakerService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Protected::new(self.clone(), inner)
-    }
-}
-
 pub type BreakerService<S> = Protected<BreakerLayer, S>;
+protection_layer!(BreakerLayer => BreakerService);
 
 impl Protection for BreakerLayer {
     fn call<S: CallService>(&self, inner: &mut S, call: Call) -> CallFuture {

@@ -3,7 +3,7 @@
 //! levee answers 503 `overloaded` at once. A queue that can grow without bound only converts an
 //! upstream's slowness into levee's memory and everyone's latency.
 
-use super::{Protected, Protection};
+use super::{protection_layer, Protected, Protection};
 use crate::call::{Call, CallFuture, CallService};
 use crate::error::ProxyError;
 use crate::shard::Local;
@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use tower::Layer;
 
 /// Slots for requests in flight to one upstream, and a bounded number of waiters.
 pub struct ConcurrencyLimit {
@@ -71,14 +70,8 @@ impl ConcurrencyLimit {
 #[derive(Clone)]
 pub struct ConcurrencyLayer(pub Arc<Local<ConcurrencyLimit>>);
 
-impl<S> Layer<S> for ConcurrencyLayer {
-    type Service = ConcurrencyService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Protected::new(self.clone(), inner)
-    }
-}
-
 pub type ConcurrencyService<S> = Protected<ConcurrencyLayer, S>;
+protection_layer!(ConcurrencyLayer => ConcurrencyService);
 
 impl Protection for ConcurrencyLayer {
     fn call<S: CallService>(&self, inner: &mut S, call: Call) -> CallFuture {

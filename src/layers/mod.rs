@@ -18,6 +18,21 @@ pub trait Protection: Clone + Send + 'static {
     fn call<S: CallService>(&self, inner: &mut S, call: Call) -> CallFuture;
 }
 
+/// The `Layer` of a protection: it puts a clone of itself in front of the inner service, as
+/// `$service`, the protection's name for its [`Protected`]. (One blanket impl over every
+/// `Protection` cannot be written: `Layer` is tower's trait.)
+macro_rules! protection_layer {
+    ($protection:ty => $service:ident) => {
+        impl<S> tower::Layer<S> for $protection {
+            type Service = $service<S>;
+            fn layer(&self, inner: S) -> $service<S> {
+                $crate::layers::Protected::new(self.clone(), inner)
+            }
+        }
+    };
+}
+pub(crate) use protection_layer;
+
 /// A protection `P` in front of the inner service `S`: what each protection's layer builds.
 /// Always ready: where a call waits (a concurrency slot, a global rate-limit answer, a retry's
 /// backoff), it waits inside its future.

@@ -4,12 +4,11 @@
 
 pub mod ejection;
 
-use super::{Protected, Protection};
+use super::{protection_layer, Protected, Protection};
 use crate::call::{Answer, Call, CallFuture, CallService};
 use ejection::{EjectionEvent, OutlierDetector};
 use std::sync::Arc;
 use tokio::time::Instant;
-use tower::Layer;
 
 /// Who hears what the detector judges: the upstream, which counts each answer (requests,
 /// failures, history) and logs and counts each ejection.
@@ -38,14 +37,8 @@ impl Outliers {
 #[derive(Clone)]
 pub struct OutlierLayer(pub Arc<Outliers>);
 
-impl<S> Layer<S> for OutlierLayer {
-    type Service = OutlierService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Protected::new(self.clone(), inner)
-    }
-}
-
 pub type OutlierService<S> = Protected<OutlierLayer, S>;
+protection_layer!(OutlierLayer => OutlierService);
 
 impl Protection for OutlierLayer {
     fn call<S: CallService>(&self, inner: &mut S, call: Call) -> CallFuture {

@@ -9,7 +9,7 @@
 pub mod gcra;
 pub mod global;
 
-use super::{Protected, Protection};
+use super::{protection_layer, Protected, Protection};
 use crate::call::{Call, CallFuture, CallService};
 use crate::error::ProxyError;
 use crate::metrics::RouteMetrics;
@@ -21,7 +21,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-use tower::Layer;
 
 /// How often (in checks) idle per-key buckets are swept.
 const SWEEP_EVERY: u64 = 4096;
@@ -231,14 +230,8 @@ impl RateLimitLayer {
     }
 }
 
-impl<S> Layer<S> for RateLimitLayer {
-    type Service = RateLimitService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Protected::new(self.clone(), inner)
-    }
-}
-
 pub type RateLimitService<S> = Protected<RateLimitLayer, S>;
+protection_layer!(RateLimitLayer => RateLimitService);
 
 impl Protection for RateLimitLayer {
     fn call<S: CallService>(&self, inner: &mut S, call: Call) -> CallFuture {

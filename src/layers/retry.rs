@@ -11,7 +11,7 @@
 pub mod backoff;
 pub mod budget;
 
-use super::{Protected, Protection};
+use super::{protection_layer, Protected, Protection};
 use crate::body::RequestBody;
 use crate::call::{Answer, Call, CallFuture, CallRequest, CallService};
 use crate::error::ProxyError;
@@ -25,7 +25,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-use tower::Layer;
 
 /// How long deposits count towards the budget.
 const BUDGET_TTL: Duration = Duration::from_secs(10);
@@ -91,14 +90,8 @@ impl RetryLayer {
     }
 }
 
-impl<S> Layer<S> for RetryLayer {
-    type Service = RetryService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Protected::new(self.clone(), inner)
-    }
-}
-
 pub type RetryService<S> = Protected<RetryLayer, S>;
+protection_layer!(RetryLayer => RetryService);
 
 /// Buffers a small body so it can be sent again; leaves large or unknown-size bodies streaming.
 async fn make_replayable(req: &mut Request<RequestBody>, limit: u64) -> Result<(), ProxyError> {

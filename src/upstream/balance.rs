@@ -82,9 +82,8 @@ impl Upstream {
 
 use crate::call::{Call, CallFuture, CallService};
 use crate::error::ProxyError;
-use crate::layers::{Protected, Protection};
+use crate::layers::{protection_layer, Protected, Protection};
 use std::sync::Arc;
-use tower::Layer;
 
 /// Chooses the endpoint and tracks its outstanding requests for P2C.
 #[derive(Clone)]
@@ -98,14 +97,8 @@ impl BalanceLayer {
     }
 }
 
-impl<S> Layer<S> for BalanceLayer {
-    type Service = BalanceService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Protected::new(self.clone(), inner)
-    }
-}
-
 pub type BalanceService<S> = Protected<BalanceLayer, S>;
+protection_layer!(BalanceLayer => BalanceService);
 
 struct InFlight<'a>(&'a std::sync::atomic::AtomicU32);
 
