@@ -139,7 +139,7 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9901", global = true)]
         admin: String,
         #[command(subcommand)]
-        command: OverrideCommand,
+        command: levee::override_cli::OverrideCommand,
     },
     /// Print a shell completion script.
     #[command(after_help = concat!(
@@ -157,31 +157,6 @@ enum Command {
         /// Write levee.1 and one page per subcommand (levee-run.1, ...) into DIR instead.
         #[arg(long, value_name = "DIR", value_hint = clap::ValueHint::DirPath)]
         dir: Option<PathBuf>,
-    },
-}
-
-#[derive(Subcommand)]
-enum OverrideCommand {
-    /// Set an override (replacing one on the same target).
-    Set {
-        /// `upstream:NAME` or `endpoint:UPSTREAM/HOST:PORT`.
-        target: String,
-        /// force_open | force_closed (an upstream), drain | eject (an endpoint).
-        #[arg(value_parser = ["force_open", "force_closed", "drain", "eject"])]
-        action: String,
-        /// How long it holds, like `10m` (at most 24h).
-        #[arg(long)]
-        ttl: String,
-        /// Why, for whoever reads /status next.
-        #[arg(long)]
-        reason: String,
-    },
-    /// List the active overrides with their countdowns.
-    List,
-    /// End an override before its TTL.
-    Clear {
-        /// The override's id (`levee override list`).
-        id: String,
     },
 }
 
@@ -215,25 +190,7 @@ fn main() -> ExitCode {
             }
         }
         Some(Command::Status { ref admin }) => levee::status_cli::run(admin),
-        Some(Command::Override { admin, command }) => {
-            use levee::override_cli::OverrideCommand as Cmd;
-            let command = match command {
-                OverrideCommand::Set {
-                    target,
-                    action,
-                    ttl,
-                    reason,
-                } => Cmd::Set {
-                    target,
-                    action,
-                    ttl,
-                    reason,
-                },
-                OverrideCommand::List => Cmd::List,
-                OverrideCommand::Clear { id } => Cmd::Clear { id },
-            };
-            levee::override_cli::run(&admin, command)
-        }
+        Some(Command::Override { admin, command }) => levee::override_cli::run(&admin, command),
         Some(Command::Demo {
             ref bind,
             ref admin,

@@ -10,16 +10,28 @@ use serde_json::{json, Value};
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// What to ask the admin listener.
+/// What to ask the admin listener: `levee override`'s subcommands.
+#[derive(clap::Subcommand)]
 pub enum OverrideCommand {
+    /// Set an override (replacing one on the same target).
     Set {
+        /// `upstream:NAME` or `endpoint:UPSTREAM/HOST:PORT`.
         target: String,
+        /// force_open | force_closed (an upstream), drain | eject (an endpoint).
+        #[arg(value_parser = ["force_open", "force_closed", "drain", "eject"])]
         action: String,
+        /// How long it holds, like `10m` (at most 24h).
+        #[arg(long)]
         ttl: String,
+        /// Why, for whoever reads /status next.
+        #[arg(long)]
         reason: String,
     },
+    /// List the active overrides with their countdowns.
     List,
+    /// End an override before its TTL.
     Clear {
+        /// The override's id (`levee override list`).
         id: String,
     },
 }
