@@ -179,7 +179,10 @@ fn main() -> ExitCode {
                 cli.log_format,
             );
             match (diff, against) {
-                (false, _) => check(config),
+                (false, _) => match levee::diff_cli::check(&config, true) {
+                    Some(_) => ExitCode::SUCCESS,
+                    None => ExitCode::FAILURE,
+                },
                 (true, Some(old)) => {
                     levee::diff_cli::run(&config, Against::File(old.clone()), format)
                 }
@@ -244,27 +247,6 @@ fn write_stdout(bytes: &[u8]) -> ExitCode {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("levee: cannot write to stdout: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn check(config: PathBuf) -> ExitCode {
-    match levee::runtime::check(&ConfigSource::File(config.clone())) {
-        Ok(c) => {
-            println!(
-                "{}: ok ({} listeners, {} routes, {} upstreams)",
-                config.display(),
-                c.listeners.len(),
-                c.routes.len(),
-                c.upstreams.len()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(errors) => {
-            for p in &errors.0 {
-                eprintln!("{p}");
-            }
             ExitCode::FAILURE
         }
     }
