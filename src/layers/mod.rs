@@ -1,5 +1,6 @@
-//! One protection per module, each a tower `Layer` + `Service` over shared, reload-surviving state.
-//! A route's stack composes them in the order `proxy::stack` documents.
+//! One protection per module, each a tower `Layer` over shared, reload-surviving state; the
+//! service around each is the one [`Protected`]. A route's stack composes them in the order
+//! `proxy::stack` documents.
 
 pub mod breaker;
 pub mod concurrency;
@@ -12,8 +13,8 @@ use crate::error::ProxyError;
 use std::task::{Context, Poll};
 
 /// What a protection does to one call, given the service inside it. The protection is its
-/// layer's value (a handful of `Arc`s), so each protection writes only this and its `Layer`,
-/// and shares the service around it: [`Protected`].
+/// layer's value (a handful of `Arc`s): each writes only this, and `protection_layer!` makes
+/// it a `Layer` whose service is a [`Protected`].
 pub trait Protection: Clone + Send + 'static {
     fn call<S: CallService>(&self, inner: &mut S, call: Call) -> CallFuture;
 }
