@@ -30,25 +30,35 @@ pub enum Format {
     Json,
 }
 
-pub fn run(new_path: &Path, against: Against, format: Format) -> ExitCode {
-    let new = match runtime::check(&ConfigSource::File(new_path.to_path_buf())) {
-        Ok(c) => c,
+/// `levee check`: validates the config at `path`, and says so on stdout when `say_ok`; its
+/// problems (as `FILE:LINE:COL`) go to stderr.
+pub fn check(path: &Path, say_ok: bool) -> Option<Config> {
+    match runtime::check(&ConfigSource::File(path.to_path_buf())) {
+        Ok(c) => {
+            if say_ok {
+                println!(
+                    "{}: ok ({} listeners, {} routes, {} upstreams)",
+                    path.display(),
+                    c.listeners.len(),
+                    c.routes.len(),
+                    c.upstreams.len()
+                );
+            }
+            Some(c)
+        }
         Err(errors) => {
             for p in &errors.0 {
                 eprintln!("{p}");
             }
-            return ExitCode::FAILURE;
+            None
         }
-    };
-    if format == Format::Text {
-        println!(
-            "{}: ok ({} listeners, {} routes, {} upstreams)",
-            new_path.display(),
-            new.listeners.len(),
-            new.routes.len(),
-            new.upstreams.len()
-        );
     }
+}
+
+pub fn run(new_path: &Path, against: Against, format: Format) -> ExitCode {
+    let Some(new) = check(new_path, format == Format::Text) else {
+        return ExitCode::FAILURE;
+    };
     let (old, new, what) = match against {
         Against::File(old_path) => match runtime::check(&ConfigSource::File(old_path.clone())) {
             Ok(old) => (old, new, old_path.display().to_string()),

@@ -141,7 +141,7 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9901", global = true)]
         admin: String,
         #[command(subcommand)]
-        command: OverrideCommand,
+        command: levee::override_cli::OverrideCommand,
     },
     /// Print a shell completion script.
     #[command(after_help = concat!(
@@ -159,31 +159,6 @@ enum Command {
         /// Write levee.1 and one page per subcommand (levee-run.1, ...) into DIR instead.
         #[arg(long, value_name = "DIR", value_hint = clap::ValueHint::DirPath)]
         dir: Option<PathBuf>,
-    },
-}
-
-#[derive(Subcommand)]
-enum OverrideCommand {
-    /// Set an override (replacing one on the same target).
-    Set {
-        /// `upstream:NAME` or `endpoint:UPSTREAM/HOST:PORT`.
-        target: String,
-        /// force_open | force_closed (an upstream), drain | eject (an endpoint).
-        #[arg(value_parser = ["force_open", "force_closed", "drain", "eject"])]
-        action: String,
-        /// How long it holds, like `10m` (at most 24h).
-        #[arg(long)]
-        ttl: String,
-        /// Why, for whoever reads /status next.
-        #[arg(long)]
-        reason: String,
-    },
-    /// List the active overrides with their countdowns.
-    List,
-    /// End an override before its TTL.
-    Clear {
-        /// The override's id (`levee override list`).
-        id: String,
     },
 }
 
@@ -206,7 +181,10 @@ fn main() -> ExitCode {
                 cli.log_format,
             );
             match (diff, against) {
-                (false, _) => check(config),
+                (false, _) => match levee::diff_cli::check(&config, true) {
+                    Some(_) => ExitCode::SUCCESS,
+                    None => ExitCode::FAILURE,
+                },
                 (true, Some(old)) => {
                     levee::diff_cli::run(&config, Against::File(old.clone()), format)
                 }
@@ -217,25 +195,7 @@ fn main() -> ExitCode {
             }
         }
         Some(Command::Status { ref admin }) => levee::status_cli::run(admin),
-        Some(Command::Override { admin, command }) => {
-            use levee::override_cli::OverrideCommand as Cmd;
-            let command = match command {
-                OverrideCommand::Set {
-                    target,
-                    action,
-                    ttl,
-                    reason,
-                } => Cmd::Set {
-                    target,
-                    action,
-                    ttl,
-                    reason,
-                },
-                OverrideCommand::List => Cmd::List,
-                OverrideCommand::Clear { id } => Cmd::Clear { id },
-            };
-            levee::override_cli::run(&admin, command)
-        }
+        Some(Command::Override { admin, command }) => levee::override_cli::run(&admin, command),
         Some(Command::Demo {
             ref bind,
             ref admin,
@@ -289,27 +249,6 @@ fn write_stdout(bytes: &[u8]) -> ExitCode {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("levee: cannot write to stdout: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn check(config: PathBuf) -> ExitCode {
-    match levee::runtime::check(&ConfigSource::File(config.clone())) {
-        Ok(c) => {
-            println!(
-                "{}: ok ({} listeners, {} routes, {} upstreams)",
-                config.display(),
-                c.listeners.len(),
-                c.routes.len(),
-                c.upstreams.len()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(errors) => {
-            for p in &errors.0 {
-                eprintln!("{p}");
-            }
             ExitCode::FAILURE
         }
     }

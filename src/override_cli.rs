@@ -10,16 +10,28 @@ use serde_json::{json, Value};
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// What to ask the admin listener.
+/// What to ask the admin listener: `levee override`'s subcommands.
+#[derive(clap::Subcommand)]
 pub enum OverrideCommand {
+    /// Set an override (replacing one on the same target).
     Set {
+        /// `upstream:NAME` or `endpoint:UPSTREAM/HOST:PORT`.
         target: String,
+        /// force_open | force_closed (an upstream), drain | eject (an endpoint).
+        #[arg(value_parser = ["force_open", "force_closed", "drain", "eject"])]
         action: String,
+        /// How long it holds, like `10m` (at most 24h).
+        #[arg(long)]
         ttl: String,
+        /// Why, for whoever reads /status next.
+        #[arg(long)]
         reason: String,
     },
+    /// List the active overrides with their countdowns.
     List,
+    /// End an override before its TTL.
     Clear {
+        /// The override's id (`levee override list`).
         id: String,
     },
 }
@@ -51,8 +63,12 @@ pub fn run(admin: &str, command: OverrideCommand) -> ExitCode {
             (Method::DELETE, format!("/overrides/{id}"), String::new())
         }
     };
-    let (status, v) = match rt.block_on(call(admin, method, &path, body)) {
-        Ok(r) => r,
+    let (status, v) = match rt.block_on(request(admin, method, &path, body)) {
+        Ok((status, body)) => (
+            status,
+            serde_json::from_slice::<Value>(&body)
+                .unwrap_or_else(|_| json!({ "error": String::from_utf8_lossy(&body).trim() })),
+        ),
         Err(e) => {
             eprintln!("levee override: cannot reach http://{admin}{path}: {e}");
             eprintln!("is levee running, and is its admin listener on {admin}? (use --admin ADDR)");
@@ -87,12 +103,14 @@ pub fn run(admin: &str, command: OverrideCommand) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn call(
+/// One request to the admin listener at `admin`, bounded by a 5 s timeout: the answer's status
+/// and body. `levee override` and `levee status` (and through it `levee check --diff`) ask this.
+pub async fn request(
     admin: &str,
     method: Method,
     path: &str,
     body: String,
-) -> Result<(StatusCode, Value), String> {
+) -> Result<(StatusCode, Bytes), String> {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut req = Request::builder()
         .method(method)
@@ -114,12 +132,11 @@ async fn call(
         .await
         .map_err(|e| e.to_string())?
         .to_bytes();
-    let v = serde_json::from_slice(&body)
-        .unwrap_or_else(|_| json!({ "error": String::from_utf8_lossy(&body).trim() }));
-    Ok((status, v))
+    Ok((status, body))
 }
 
-fn s(v: &Value) -> String {
+/// A JSON value as a table cell: a string bare, null as `-`.
+pub fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),
@@ -157,17 +174,22 @@ pub fn render_list(list: &Value) -> String {
     if rows.is_empty() {
         return "no active overrides\n".into();
     }
-    let header = ["ID", "TARGET", "ACTION", "EXPIRES", "REASON"];
+    table(["ID", "TARGET", "ACTION", "EXPIRES", "REASON"], &rows)
+}
+
+/// `rows` under `header`, each column as wide as its widest cell but the last, which is not
+/// padded: a long last cell (a reason) pushes nothing else aside.
+pub fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
     let mut widths = header.map(str::len);
-    for r in &rows {
+    for r in rows {
         for (i, c) in r.iter().enumerate() {
             widths[i] = widths[i].max(c.chars().count());
         }
     }
-    let line = |cells: [&str; 5]| {
+    let line = |cells: [&str; N]| {
         let mut l = String::new();
         for (i, c) in cells.iter().enumerate() {
-            if i == 4 {
+            if i == N - 1 {
                 l.push_str(c);
             } else {
                 l.push_str(&format!("{:<w$}  ", c, w = widths[i]));
@@ -176,8 +198,8 @@ pub fn render_list(list: &Value) -> String {
         l.trim_end().to_string() + "\n"
     };
     let mut out = line(header);
-    for r in &rows {
-        out.push_str(&line([&r[0], &r[1], &r[2], &r[3], &r[4]]));
+    for r in rows {
+        out.push_str(&line(r.each_ref().map(String::as_str)));
     }
     out
 }

@@ -353,6 +353,22 @@ mod tests {
         .unwrap()
     }
 
+    /// Sets `action` on `target` for `ttl`, by "me" at `now`.
+    fn set(
+        store: &mut OverrideStore,
+        target: &str,
+        action: &str,
+        ttl: &str,
+        now: Instant,
+    ) -> Result<(Override, Option<Override>), String> {
+        store.set(
+            spec(target, action, ttl),
+            "me".into(),
+            now,
+            SystemTime::now(),
+        )
+    }
+
     fn err(
         target: Option<&str>,
         action: Option<&str>,
@@ -418,22 +434,8 @@ mod tests {
         let mut store = OverrideStore::default();
         let t0 = Instant::now();
         let wall = SystemTime::now();
-        let (a, _) = store
-            .set(
-                spec("upstream:api", "force_open", "10s"),
-                "me".into(),
-                t0,
-                wall,
-            )
-            .unwrap();
-        let (b, _) = store
-            .set(
-                spec("endpoint:api/1.2.3.4:80", "drain", "30s"),
-                "me".into(),
-                t0,
-                wall,
-            )
-            .unwrap();
+        let (a, _) = set(&mut store, "upstream:api", "force_open", "10s", t0).unwrap();
+        let (b, _) = set(&mut store, "endpoint:api/1.2.3.4:80", "drain", "30s", t0).unwrap();
         assert_eq!((a.id, b.id), (1, 2));
         assert_eq!(store.next_expiry(), Some(t0 + Duration::from_secs(10)));
 
@@ -478,31 +480,9 @@ mod tests {
     async fn clear_and_retain() {
         let mut store = OverrideStore::default();
         let now = Instant::now();
-        let wall = SystemTime::now();
-        store
-            .set(
-                spec("upstream:api", "force_open", "1m"),
-                "me".into(),
-                now,
-                wall,
-            )
-            .unwrap();
-        store
-            .set(
-                spec("upstream:web", "force_open", "1m"),
-                "me".into(),
-                now,
-                wall,
-            )
-            .unwrap();
-        store
-            .set(
-                spec("endpoint:api/1.2.3.4:80", "eject", "1m"),
-                "me".into(),
-                now,
-                wall,
-            )
-            .unwrap();
+        set(&mut store, "upstream:api", "force_open", "1m", now).unwrap();
+        set(&mut store, "upstream:web", "force_open", "1m", now).unwrap();
+        set(&mut store, "endpoint:api/1.2.3.4:80", "eject", "1m", now).unwrap();
         assert_eq!(
             store.clear(2).map(|o| o.target.to_string()).as_deref(),
             Some("upstream:web")
@@ -518,30 +498,18 @@ mod tests {
         let mut store = OverrideStore::default();
         let now = Instant::now();
         for i in 0..MAX_OVERRIDES {
-            store
-                .set(
-                    spec(&format!("upstream:u{i}"), "force_open", "1m"),
-                    "me".into(),
-                    now,
-                    SystemTime::now(),
-                )
-                .unwrap();
+            set(
+                &mut store,
+                &format!("upstream:u{i}"),
+                "force_open",
+                "1m",
+                now,
+            )
+            .unwrap();
         }
-        let full = store.set(
-            spec("upstream:one-more", "force_open", "1m"),
-            "me".into(),
-            now,
-            SystemTime::now(),
-        );
+        let full = set(&mut store, "upstream:one-more", "force_open", "1m", now);
         assert!(full.unwrap_err().contains("clear some first"));
         // Replacing one still works when full.
-        assert!(store
-            .set(
-                spec("upstream:u0", "force_closed", "1m"),
-                "me".into(),
-                now,
-                SystemTime::now()
-            )
-            .is_ok());
+        assert!(set(&mut store, "upstream:u0", "force_closed", "1m", now).is_ok());
     }
 }

@@ -1,6 +1,7 @@
 //! An IO that first gives back bytes already taken off it: what hyper had read but not parsed
 //! when a connection was parked (a pipelined or half-sent next request), or the bytes read to
-//! tell HTTP/2 from HTTP/1. Writes go straight through.
+//! tell HTTP/2 from HTTP/1. Writes go straight through, as in every IO wrapper of levee's that
+//! only watches or replaces reads: `forward_writes!` writes that pass-through once for all.
 
 use bytes::{Buf, Bytes};
 use std::io;
@@ -64,29 +65,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
+    forward_writes!(inner, but_shutdown);
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.keep_open {
@@ -95,6 +74,51 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+/// The write half of an IO wrapper that only watches or replaces reads: every write method of
+/// `AsyncWrite` (or hyper's `rt::Write`, which has the same ones) passed to the field `$io`.
+/// `but_shutdown` leaves `poll_shutdown` to the wrapper.
+macro_rules! forward_writes {
+    ($io:ident) => {
+        $crate::rewind::forward_writes!($io, but_shutdown);
+
+        fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.$io).poll_shutdown(cx)
+        }
+    };
+    ($io:ident, but_shutdown) => {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::pin::Pin::new(&mut self.$io).poll_write(cx, buf)
+        }
+
+        fn poll_write_vectored(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::pin::Pin::new(&mut self.$io).poll_write_vectored(cx, bufs)
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.$io.is_write_vectored()
+        }
+
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.$io).poll_flush(cx)
+        }
+    };
+}
+pub(crate) use forward_writes;
 
 #[cfg(test)]
 mod tests {

@@ -1,12 +1,8 @@
 //! `levee status`: the admin `/status` as a table an operator reads in a terminal.
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use crate::override_cli::{request, s, table};
 use serde_json::Value;
 use std::process::ExitCode;
-use std::time::Duration;
 
 pub fn run(admin: &str) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -39,32 +35,11 @@ async fn fetch(admin: &str) -> Result<Value, String> {
 
 /// The body of `GET http://ADMIN/PATH`, bounded by a 5 s timeout; an error unless it is a 2xx.
 pub async fn get(admin: &str, path: &str) -> Result<String, String> {
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let uri: http::Uri = format!("http://{admin}{path}")
-        .parse()
-        .map_err(|e| format!("bad address: {e}"))?;
-    let resp = tokio::time::timeout(Duration::from_secs(5), client.get(uri))
-        .await
-        .map_err(|_| "timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-    if !resp.status().is_success() {
-        return Err(format!("admin answered {}", resp.status()));
+    let (status, body) = request(admin, http::Method::GET, path, String::new()).await?;
+    if !status.is_success() {
+        return Err(format!("admin answered {status}"));
     }
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
     String::from_utf8(body.to_vec()).map_err(|_| "the answer is not UTF-8".to_string())
-}
-
-fn s(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
 }
 
 /// Renders the status document; open breakers first, with the reason column in full.
@@ -130,32 +105,12 @@ pub fn render_table(v: &Value) -> String {
         "COUNTERS",
         "WHY",
     ];
-    let mut widths = header.map(str::len);
-    for r in &rows {
-        for (i, c) in r.iter().enumerate() {
-            widths[i] = widths[i].max(c.chars().count());
-        }
-    }
     let mut out = format!(
         "config version {} (hash {})\n",
         s(&v["version"]),
         s(&v["hash"])
     );
-    let line = |cells: [&str; 6]| {
-        let mut l = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            if i == 5 {
-                l.push_str(c);
-            } else {
-                l.push_str(&format!("{:<w$}  ", c, w = widths[i]));
-            }
-        }
-        l.trim_end().to_string() + "\n"
-    };
-    out.push_str(&line(header));
-    for r in &rows {
-        out.push_str(&line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]));
-    }
+    out.push_str(&table(header, &rows));
     out.push_str(&render_splits(v));
     if v["overrides"].as_array().is_some_and(|a| !a.is_empty()) {
         out.push_str("\noverrides:\n");

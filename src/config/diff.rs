@@ -92,36 +92,30 @@ struct Item<T> {
 /// Compares what a reload from `old` to `new` would change.
 pub fn diff(old: &Config, new: &Config) -> Diff {
     let mut changes = Vec::new();
-    compare(
-        Kind::Listener,
-        &listeners(old),
-        &listeners(new),
-        &mut changes,
-    );
-    compare(Kind::Route, &routes(old), &routes(new), &mut changes);
-    compare(Kind::Limiter, &limiters(old), &limiters(new), &mut changes);
-    compare(
-        Kind::Upstream,
-        &upstreams(old),
-        &upstreams(new),
-        &mut changes,
-    );
-    compare(Kind::Redis, &redis(old), &redis(new), &mut changes);
-    compare(Kind::Admin, &admin(old), &admin(new), &mut changes);
-    compare(Kind::Other, &others(old), &others(new), &mut changes);
+    compare(Kind::Listener, listeners, old, new, &mut changes);
+    compare(Kind::Route, routes, old, new, &mut changes);
+    compare(Kind::Limiter, limiters, old, new, &mut changes);
+    compare(Kind::Upstream, upstreams, old, new, &mut changes);
+    compare(Kind::Redis, redis, old, new, &mut changes);
+    compare(Kind::Admin, admin, old, new, &mut changes);
+    compare(Kind::Other, others, old, new, &mut changes);
     changes.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
     let states = states(old, new, &changes);
     Diff { changes, states }
 }
 
 fn listeners(c: &Config) -> Vec<Item<ListenerConfig>> {
-    let tables = tables(&c.shown, "listener");
-    c.listeners
+    named(&c.listeners, |l| &l.name, tables(&c.shown, "listener"))
+}
+
+/// Each of an array of tables (`[[upstream]]`) with its shown table: the model keeps file order.
+fn named<T: Clone>(models: &[T], name: fn(&T) -> &String, tables: Vec<Table>) -> Vec<Item<T>> {
+    models
         .iter()
         .enumerate()
-        .map(|(i, l)| Item {
-            name: l.name.clone(),
-            model: l.clone(),
+        .map(|(i, m)| Item {
+            name: name(m).clone(),
+            model: m.clone(),
             table: tables.get(i).cloned().unwrap_or_default(),
         })
         .collect()
@@ -169,16 +163,7 @@ fn limiters(c: &Config) -> Vec<Item<RateLimitConfig>> {
 }
 
 fn upstreams(c: &Config) -> Vec<Item<UpstreamConfig>> {
-    let tables = tables(&c.shown, "upstream");
-    c.upstreams
-        .iter()
-        .enumerate()
-        .map(|(i, u)| Item {
-            name: u.name.clone(),
-            model: u.clone(),
-            table: tables.get(i).cloned().unwrap_or_default(),
-        })
-        .collect()
+    named(&c.upstreams, |u| &u.name, tables(&c.shown, "upstream"))
 }
 
 fn redis(c: &Config) -> Vec<Item<RedisConfig>> {
@@ -241,13 +226,21 @@ fn table(shown: &Table, key: &str) -> Table {
         .unwrap_or_default()
 }
 
-fn compare<T: PartialEq>(kind: Kind, old: &[Item<T>], new: &[Item<T>], out: &mut Vec<ChangeLine>) {
+/// The lines for one kind: `items` picks its things out of either side.
+fn compare<T: PartialEq>(
+    kind: Kind,
+    items: fn(&Config) -> Vec<Item<T>>,
+    old: &Config,
+    new: &Config,
+    out: &mut Vec<ChangeLine>,
+) {
+    let (old, new) = (items(old), items(new));
     let line = |name: &str, change| ChangeLine {
         kind,
         name: name.to_string(),
         change,
     };
-    for n in new {
+    for n in &new {
         match old.iter().find(|o| o.name == n.name) {
             None => out.push(line(&n.name, Change::Added)),
             Some(o) if o.model == n.model => {}
@@ -413,9 +406,7 @@ impl Diff {
         }
         out
     }
-}
 
-impl Diff {
     /// The same as JSON, for pipelines: `{"changes": [{"kind", "name", "change", "key", "old",
     /// "new"}], "states": [{"kind", "name", "state": "kept" | "reset", "why"}]}`.
     pub fn to_json(&self) -> serde_json::Value {

@@ -10,6 +10,7 @@ mod recovery;
 pub mod state;
 pub mod window;
 
+use super::{protection_layer, Protected, Protection};
 use crate::call::{Call, CallFuture, CallService};
 use crate::error::ProxyError;
 use crate::metrics::{Metrics, TransitionLabels};
@@ -20,9 +21,7 @@ use state::{
     Admission, Breaker, BreakerSettings, BreakerSnapshot, CallResult, StateKind, Ticket, Transition,
 };
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use tokio::time::Instant;
-use tower::{Layer, Service};
 
 /// A shared breaker: one per upstream, used by every request to it.
 pub struct CircuitBreaker {
@@ -168,37 +167,13 @@ impl Drop for TicketGuard<'_> {
 #[derive(Clone)]
 pub struct BreakerLayer(pub Arc<Local<CircuitBreaker>>);
 
-impl<S> Layer<S> for BreakerLayer {
-    type Service = BreakerService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        BreakerService {
-            breaker: self.0.clone(),
-            inner,
-        }
-    }
-}
+pub type BreakerService<S> = Protected<BreakerLayer, S>;
+protection_layer!(BreakerLayer => BreakerService);
 
-#[derive(Clone)]
-pub struct BreakerService<S> {
-    breaker: Arc<Local<CircuitBreaker>>,
-    inner: S,
-}
-
-impl<S> Service<Call> for BreakerService<S>
-where
-    S: CallService,
-{
-    type Response = crate::call::Answer;
-    type Error = ProxyError;
-    type Future = CallFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, call: Call) -> CallFuture {
-        let shared = self.breaker.clone();
-        let mut inner = self.inner.clone();
+impl Protection for BreakerLayer {
+    fn call<S: CallService>(&self, inner: &mut S, call: Call) -> CallFuture {
+        let shared = self.0.clone();
+        let mut inner = inner.clone();
         Box::pin(async move {
             let breaker: &CircuitBreaker = &shared;
             let started = call.started;

@@ -3,15 +3,14 @@
 //! levee answers 503 `overloaded` at once. A queue that can grow without bound only converts an
 //! upstream's slowness into levee's memory and everyone's latency.
 
-use crate::call::{Answer, Call, CallFuture, CallService};
+use super::{protection_layer, Protected, Protection};
+use crate::call::{Call, CallFuture, CallService};
 use crate::error::ProxyError;
 use crate::shard::Local;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use tower::{Layer, Service};
 
 /// Slots for requests in flight to one upstream, and a bounded number of waiters.
 pub struct ConcurrencyLimit {
@@ -71,37 +70,13 @@ impl ConcurrencyLimit {
 #[derive(Clone)]
 pub struct ConcurrencyLayer(pub Arc<Local<ConcurrencyLimit>>);
 
-impl<S> Layer<S> for ConcurrencyLayer {
-    type Service = ConcurrencyService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        ConcurrencyService {
-            limit: self.0.clone(),
-            inner,
-        }
-    }
-}
+pub type ConcurrencyService<S> = Protected<ConcurrencyLayer, S>;
+protection_layer!(ConcurrencyLayer => ConcurrencyService);
 
-#[derive(Clone)]
-pub struct ConcurrencyService<S> {
-    limit: Arc<Local<ConcurrencyLimit>>,
-    inner: S,
-}
-
-impl<S> Service<Call> for ConcurrencyService<S>
-where
-    S: CallService,
-{
-    type Response = Answer;
-    type Error = ProxyError;
-    type Future = CallFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, call: Call) -> CallFuture {
-        let limit = self.limit.clone();
-        let mut inner = self.inner.clone();
+impl Protection for ConcurrencyLayer {
+    fn call<S: CallService>(&self, inner: &mut S, call: Call) -> CallFuture {
+        let limit = self.0.clone();
+        let mut inner = inner.clone();
         Box::pin(async move {
             let permit = limit.acquire(call.deadline).await?;
             let result = inner.call(call).await;

@@ -4,13 +4,11 @@
 
 pub mod ejection;
 
+use super::{protection_layer, Protected, Protection};
 use crate::call::{Answer, Call, CallFuture, CallService};
-use crate::error::ProxyError;
 use ejection::{EjectionEvent, OutlierDetector};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use tokio::time::Instant;
-use tower::{Layer, Service};
 
 /// Who hears what the detector judges: the upstream, which counts each answer (requests,
 /// failures, history) and logs and counts each ejection.
@@ -39,37 +37,13 @@ impl Outliers {
 #[derive(Clone)]
 pub struct OutlierLayer(pub Arc<Outliers>);
 
-impl<S> Layer<S> for OutlierLayer {
-    type Service = OutlierService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        OutlierService {
-            outliers: self.0.clone(),
-            inner,
-        }
-    }
-}
+pub type OutlierService<S> = Protected<OutlierLayer, S>;
+protection_layer!(OutlierLayer => OutlierService);
 
-#[derive(Clone)]
-pub struct OutlierService<S> {
-    outliers: Arc<Outliers>,
-    inner: S,
-}
-
-impl<S> Service<Call> for OutlierService<S>
-where
-    S: CallService,
-{
-    type Response = Answer;
-    type Error = ProxyError;
-    type Future = CallFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, call: Call) -> CallFuture {
-        let outliers = self.outliers.clone();
-        let mut inner = self.inner.clone();
+impl Protection for OutlierLayer {
+    fn call<S: CallService>(&self, inner: &mut S, call: Call) -> CallFuture {
+        let outliers = self.0.clone();
+        let mut inner = inner.clone();
         Box::pin(async move {
             let endpoint = call.endpoint;
             let mut result = inner.call(call).await;

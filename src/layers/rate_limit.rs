@@ -9,7 +9,8 @@
 pub mod gcra;
 pub mod global;
 
-use crate::call::{Answer, Call, CallFuture, CallService};
+use super::{protection_layer, Protected, Protection};
+use crate::call::{Call, CallFuture, CallService};
 use crate::error::ProxyError;
 use crate::metrics::RouteMetrics;
 use crate::redis::Redis;
@@ -18,10 +19,8 @@ use global::{Fallback, GlobalLimiter, KeyDigest, LeaseCheck};
 use http::HeaderValue;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
-use tower::{Layer, Service};
 
 /// How often (in checks) idle per-key buckets are swept.
 const SWEEP_EVERY: u64 = 4096;
@@ -231,37 +230,11 @@ impl RateLimitLayer {
     }
 }
 
-impl<S> Layer<S> for RateLimitLayer {
-    type Service = RateLimitService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        RateLimitService {
-            limiter: self.limiter.clone(),
-            metrics: self.metrics.clone(),
-            inner,
-        }
-    }
-}
+pub type RateLimitService<S> = Protected<RateLimitLayer, S>;
+protection_layer!(RateLimitLayer => RateLimitService);
 
-#[derive(Clone)]
-pub struct RateLimitService<S> {
-    limiter: Option<Arc<RouteLimiter>>,
-    metrics: Arc<RouteMetrics>,
-    inner: S,
-}
-
-impl<S> Service<Call> for RateLimitService<S>
-where
-    S: CallService,
-{
-    type Response = Answer;
-    type Error = ProxyError;
-    type Future = CallFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, call: Call) -> CallFuture {
+impl Protection for RateLimitLayer {
+    fn call<S: CallService>(&self, inner: &mut S, call: Call) -> CallFuture {
         if let Some(limiter) = &self.limiter {
             match limiter.verdict(&call, call.started) {
                 Verdict::Allow => {}
@@ -272,7 +245,7 @@ where
                 Verdict::Ask { key, want } => {
                     let limiter = Arc::clone(limiter);
                     let metrics = self.metrics.clone();
-                    let mut inner = self.inner.clone();
+                    let mut inner = inner.clone();
                     return Box::pin(async move {
                         if let Err(e) = limiter.ask(&key, want, &call).await {
                             metrics.rate_limited.inc();
@@ -283,7 +256,7 @@ where
                 }
             }
         }
-        self.inner.call(call)
+        inner.call(call)
     }
 }
 

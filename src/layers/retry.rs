@@ -11,6 +11,7 @@
 pub mod backoff;
 pub mod budget;
 
+use super::{protection_layer, Protected, Protection};
 use crate::body::RequestBody;
 use crate::call::{Answer, Call, CallFuture, CallRequest, CallService};
 use crate::error::ProxyError;
@@ -22,10 +23,8 @@ use http::Request;
 use http_body_util::{BodyExt, Limited};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
-use tower::{Layer, Service};
 
 /// How long deposits count towards the budget.
 const BUDGET_TTL: Duration = Duration::from_secs(10);
@@ -91,23 +90,8 @@ impl RetryLayer {
     }
 }
 
-impl<S> Layer<S> for RetryLayer {
-    type Service = RetryService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        RetryService {
-            policy: self.policy.clone(),
-            metrics: self.metrics.clone(),
-            inner,
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct RetryService<S> {
-    policy: Option<Arc<RetryPolicy>>,
-    metrics: Arc<RouteMetrics>,
-    inner: S,
-}
+pub type RetryService<S> = Protected<RetryLayer, S>;
+protection_layer!(RetryLayer => RetryService);
 
 /// Buffers a small body so it can be sent again; leaves large or unknown-size bodies streaming.
 async fn make_replayable(req: &mut Request<RequestBody>, limit: u64) -> Result<(), ProxyError> {
@@ -149,24 +133,13 @@ fn share(req: CallRequest) -> (CallRequest, Option<Arc<Request<RequestBody>>>) {
     }
 }
 
-impl<S> Service<Call> for RetryService<S>
-where
-    S: CallService,
-{
-    type Response = Answer;
-    type Error = ProxyError;
-    type Future = CallFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut call: Call) -> CallFuture {
+impl Protection for RetryLayer {
+    fn call<S: CallService>(&self, inner: &mut S, mut call: Call) -> CallFuture {
         let Some(policy) = self.policy.clone() else {
-            return self.inner.call(call);
+            return inner.call(call);
         };
         let metrics = self.metrics.clone();
-        let mut inner = self.inner.clone();
+        let mut inner = inner.clone();
         Box::pin(async move {
             policy.budget.deposit(call.started);
             let idempotent = call.is_idempotent();

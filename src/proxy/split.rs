@@ -432,14 +432,11 @@ mod tests {
     async fn an_open_target_gives_its_share_to_the_others_until_its_time_runs_out() {
         let s = split(&[("stable", 90), ("canary", 5), ("spare", 5)]);
         let now = Instant::now();
+        let canary = |state| s.targets[1].upstream.breaker.published.publish(&state);
         assert_eq!(counts(&s, now), [900, 50, 50]);
-        s.targets[1]
-            .upstream
-            .breaker
-            .published
-            .publish(&BreakerState::Open {
-                until: now + Duration::from_secs(10),
-            });
+        canary(BreakerState::Open {
+            until: now + Duration::from_secs(10),
+        });
         // Its 5 go to the others in proportion to their weights: 90/95 and 5/95.
         assert_eq!(counts(&s, now), [948, 0, 52]);
         let status = s.status(now);
@@ -451,14 +448,10 @@ mod tests {
         assert_eq!(status["targets"][0]["effective_percent"], 94.7);
         // Open time over: the next calls are half-open trials at the normal share.
         assert_eq!(counts(&s, now + Duration::from_secs(10)), [900, 50, 50]);
-        s.targets[1]
-            .upstream
-            .breaker
-            .published
-            .publish(&BreakerState::HalfOpen {
-                admitted: 1,
-                succeeded: 0,
-            });
+        canary(BreakerState::HalfOpen {
+            admitted: 1,
+            succeeded: 0,
+        });
         assert_eq!(counts(&s, now), [900, 50, 50]);
     }
 
@@ -496,33 +489,22 @@ mod tests {
     async fn the_shift_is_logged_once_each_way() {
         let s = split(&[("stable", 95), ("canary", 5)]);
         let now = Instant::now();
+        let canary = |state| s.targets[1].upstream.breaker.published.publish(&state);
         s.note_shift();
         assert_eq!(s.logged.load(Ordering::Relaxed), 0);
-        s.targets[1]
-            .upstream
-            .breaker
-            .published
-            .publish(&BreakerState::Open {
-                until: now + Duration::from_secs(1),
-            });
+        canary(BreakerState::Open {
+            until: now + Duration::from_secs(1),
+        });
         s.pick(now);
         assert_eq!(s.logged.load(Ordering::Relaxed), 0b10);
         // Half-open still counts as shifted: the end is logged when the breaker closes.
-        s.targets[1]
-            .upstream
-            .breaker
-            .published
-            .publish(&BreakerState::HalfOpen {
-                admitted: 0,
-                succeeded: 0,
-            });
+        canary(BreakerState::HalfOpen {
+            admitted: 0,
+            succeeded: 0,
+        });
         s.pick(now);
         assert_eq!(s.logged.load(Ordering::Relaxed), 0b10);
-        s.targets[1]
-            .upstream
-            .breaker
-            .published
-            .publish(&BreakerState::Closed);
+        canary(BreakerState::Closed);
         s.pick(now);
         assert_eq!(s.logged.load(Ordering::Relaxed), 0);
     }

@@ -80,12 +80,12 @@ impl Upstream {
     }
 }
 
-use crate::call::{Answer, Call, CallFuture, CallService};
+use crate::call::{Call, CallFuture, CallService};
 use crate::error::ProxyError;
+use crate::layers::{protection_layer, Protected, Protection};
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use tower::{Layer, Service};
 
+/// Chooses the endpoint and tracks its outstanding requests for P2C.
 #[derive(Clone)]
 pub struct BalanceLayer {
     upstream: Arc<WorkerUpstream>,
@@ -97,22 +97,8 @@ impl BalanceLayer {
     }
 }
 
-impl<S> Layer<S> for BalanceLayer {
-    type Service = BalanceService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        BalanceService {
-            upstream: self.upstream.clone(),
-            inner,
-        }
-    }
-}
-
-/// Chooses the endpoint and tracks its outstanding requests for P2C.
-#[derive(Clone)]
-pub struct BalanceService<S> {
-    upstream: Arc<WorkerUpstream>,
-    inner: S,
-}
+pub type BalanceService<S> = Protected<BalanceLayer, S>;
+protection_layer!(BalanceLayer => BalanceService);
 
 struct InFlight<'a>(&'a std::sync::atomic::AtomicU32);
 
@@ -122,21 +108,10 @@ impl Drop for InFlight<'_> {
     }
 }
 
-impl<S> Service<Call> for BalanceService<S>
-where
-    S: CallService,
-{
-    type Response = Answer;
-    type Error = ProxyError;
-    type Future = CallFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut call: Call) -> CallFuture {
+impl Protection for BalanceLayer {
+    fn call<S: CallService>(&self, inner: &mut S, mut call: Call) -> CallFuture {
         let upstream = self.upstream.clone();
-        let mut inner = self.inner.clone();
+        let mut inner = inner.clone();
         Box::pin(async move {
             // The request's arrival time is recent enough to judge ejections by.
             let now = call.started;

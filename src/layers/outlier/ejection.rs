@@ -562,15 +562,19 @@ mod tests {
         assert!(fail_n(&d, 0, 50).is_none());
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn failure_rate_ejection_needs_min_requests() {
-        let settings = OutlierSettings {
+    /// Ejection by failure rate alone: 50% of at least 20 requests.
+    fn by_failure_rate() -> OutlierSettings {
+        OutlierSettings {
             consecutive_failures: 0,
             failure_rate_threshold: 0.5,
             min_requests: 20,
             ..OutlierSettings::default()
-        };
-        let d = OutlierDetector::new(settings, 3);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failure_rate_ejection_needs_min_requests() {
+        let d = OutlierDetector::new(by_failure_rate(), 3);
         for i in 0..19 {
             assert!(d.record(0, i % 2 == 1, Instant::now()).is_none());
             advance(SEC / 4).await;
@@ -585,13 +589,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn failure_rate_only_counts_the_interval() {
-        let settings = OutlierSettings {
-            consecutive_failures: 0,
-            failure_rate_threshold: 0.5,
-            min_requests: 20,
-            ..OutlierSettings::default()
-        };
-        let d = OutlierDetector::new(settings, 3);
+        let d = OutlierDetector::new(by_failure_rate(), 3);
         for _ in 0..19 {
             assert!(d.record(0, true, Instant::now()).is_none());
         }

@@ -366,15 +366,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn leased_tokens_expire() {
         let leases = Leases::new(10, LEASE_TTL, 20 * MS, 100);
-        assert_eq!(
-            leases.take(&k("a"), Instant::now()),
-            LeaseCheck::Miss { want: 10 }
-        );
+        let take = || leases.take(&k("a"), Instant::now());
+        assert_eq!(take(), LeaseCheck::Miss { want: 10 });
         assert!(leases.settle(&k("a"), 10, grant(10), Instant::now()));
-        assert_eq!(leases.take(&k("a"), Instant::now()), LeaseCheck::Take);
+        assert_eq!(take(), LeaseCheck::Take);
         advance(LEASE_TTL).await;
         assert_eq!(
-            leases.take(&k("a"), Instant::now()),
+            take(),
             LeaseCheck::Miss { want: 10 },
             "8 unused tokens are gone"
         );
@@ -383,49 +381,30 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn refusals_are_remembered_until_retry_after() {
         let leases = Leases::new(3, LEASE_TTL, 20 * MS, 100);
-        assert_eq!(
-            leases.take(&k("a"), Instant::now()),
-            LeaseCheck::Miss { want: 3 }
-        );
+        let take = || leases.take(&k("a"), Instant::now());
+        assert_eq!(take(), LeaseCheck::Miss { want: 3 });
         let refused = Grant {
             tokens: 0,
             retry_after: 100 * MS,
         };
         assert!(!leases.settle(&k("a"), 3, refused, Instant::now()));
         advance(40 * MS).await;
-        assert_eq!(
-            leases.take(&k("a"), Instant::now()),
-            LeaseCheck::Denied(60 * MS)
-        );
+        assert_eq!(take(), LeaseCheck::Denied(60 * MS));
         advance(60 * MS).await;
-        assert_eq!(
-            leases.take(&k("a"), Instant::now()),
-            LeaseCheck::Miss { want: 3 }
-        );
+        assert_eq!(take(), LeaseCheck::Miss { want: 3 });
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_failed_or_cancelled_ask_does_not_stick() {
         let leases = Leases::new(4, LEASE_TTL, 20 * MS, 100);
-        assert_eq!(
-            leases.take(&k("a"), Instant::now()),
-            LeaseCheck::Miss { want: 4 }
-        );
+        let take = || leases.take(&k("a"), Instant::now());
+        assert_eq!(take(), LeaseCheck::Miss { want: 4 });
         leases.abandon(&k("a"), 4);
-        assert_eq!(
-            leases.take(&k("a"), Instant::now()),
-            LeaseCheck::Miss { want: 4 }
-        );
+        assert_eq!(take(), LeaseCheck::Miss { want: 4 });
         // Never settled nor abandoned (the request was dropped): after the timeout, a full ask.
-        assert_eq!(
-            leases.take(&k("a"), Instant::now()),
-            LeaseCheck::Miss { want: 1 }
-        );
+        assert_eq!(take(), LeaseCheck::Miss { want: 1 });
         advance(20 * MS).await;
-        assert_eq!(
-            leases.take(&k("a"), Instant::now()),
-            LeaseCheck::Miss { want: 4 }
-        );
+        assert_eq!(take(), LeaseCheck::Miss { want: 4 });
     }
 
     #[tokio::test(start_paused = true)]
