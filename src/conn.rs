@@ -5,7 +5,8 @@
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -39,29 +40,34 @@ pub fn park_after(awake: usize) -> Duration {
     }
 }
 
-/// How many of a worker's HTTP/1 connections hold a hyper connection (are not parked). Only
-/// its own worker's thread writes it, so the cache line stays on that core.
-#[derive(Debug, Default)]
-pub struct AwakeCount(AtomicUsize);
+thread_local! {
+    /// This thread's HTTP/1 connections that hold a hyper connection (are not parked). A worker
+    /// is one thread with a single-threaded runtime, so this is its worker's count, written by
+    /// no other core.
+    static AWAKE: Cell<usize> = const { Cell::new(0) };
+}
 
-impl AwakeCount {
-    /// Counts one more awake connection until the returned guard drops.
-    pub fn enter(&self) -> Awake<'_> {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        Awake(&self.0)
+/// One awake connection, counted on its thread while it lives. Zero-sized, so it costs the
+/// parked connection's task nothing.
+pub struct Awake(());
+
+impl Awake {
+    pub fn enter() -> Awake {
+        AWAKE.with(|a| a.set(a.get() + 1));
+        Awake(())
     }
 
-    pub fn get(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
+    /// Awake connections on this thread.
+    pub fn count() -> usize {
+        AWAKE.with(Cell::get)
     }
 }
 
-/// One awake connection, counted while it lives.
-pub struct Awake<'a>(&'a AtomicUsize);
-
-impl Drop for Awake<'_> {
+impl Drop for Awake {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        // Saturating: a connection's task never leaves its worker's thread, but a miscount
+        // must not wrap.
+        AWAKE.with(|a| a.set(a.get().saturating_sub(1)));
     }
 }
 
@@ -280,15 +286,18 @@ mod tests {
     }
 
     #[test]
-    fn awake_connections_are_counted_while_their_guards_live() {
-        let count = AwakeCount::default();
-        let a = count.enter();
-        let b = count.enter();
-        assert_eq!(count.get(), 2);
+    fn awake_connections_are_counted_on_their_thread_while_their_guards_live() {
+        let before = Awake::count();
+        let a = Awake::enter();
+        let b = Awake::enter();
+        assert_eq!(Awake::count(), before + 2);
+        std::thread::spawn(|| assert_eq!(Awake::count(), 0))
+            .join()
+            .unwrap();
         drop(a);
-        assert_eq!(count.get(), 1);
+        assert_eq!(Awake::count(), before + 1);
         drop(b);
-        assert_eq!(count.get(), 0);
+        assert_eq!(Awake::count(), before);
     }
 
     #[test]

@@ -128,8 +128,6 @@ pub struct Worker {
     pub shared: Arc<Shared>,
     /// Refreshed by [`Shared::publish`] on every reload.
     snapshot: ArcSwap<WorkerSnapshot>,
-    /// This worker's HTTP/1 connections that hold a hyper connection (`crate::server::park`).
-    pub awake: crate::conn::AwakeCount,
 }
 
 impl Worker {
@@ -139,7 +137,6 @@ impl Worker {
             Arc::new(Worker {
                 index,
                 snapshot: ArcSwap::from_pointee(WorkerSnapshot::new(snapshot)),
-                awake: Default::default(),
                 shared,
             })
         })

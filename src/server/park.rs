@@ -20,7 +20,7 @@
 //! connection are handed over through `ConnActivity`, since the plain hyper connection used here
 //! does not fulfil `hyper::upgrade::on`.
 
-use crate::conn::{park_after, plan, ConnActivity, Step, Upgraded, PARK_AFTER};
+use crate::conn::{park_after, plan, Awake, ConnActivity, Step, Upgraded, PARK_AFTER};
 use crate::rewind::Rewind;
 
 use crate::proxy::framing::{Audited, FramingAudit};
@@ -186,16 +186,22 @@ async fn serve_http1(
         ));
         let svc = {
             let (worker, ctx) = (worker.clone(), ctx.clone());
-            service_fn(move |req| handle(worker.clone(), ctx.clone(), req))
+            // Counted awake for as long as hyper's connection (which owns this service) lives.
+            // The guard rides in the service rather than in this loop: held across the loop's
+            // awaits it grew every parked connection's task by ~190 bytes.
+            let awake = Awake::enter();
+            service_fn(move |req| {
+                let _awake = &awake;
+                handle(worker.clone(), ctx.clone(), req)
+            })
         };
         // Boxed: its size stays off this task's future while the connection is parked.
         let mut conn = Box::new(ctx.listener.http1.serve_connection(io, svc));
-        let awake = worker.awake.enter();
         let first = activity.started();
         let mut parking = false;
         let mut checking = true;
         tick.as_mut()
-            .reset(Instant::now() + park_after(worker.awake.get()));
+            .reset(Instant::now() + park_after(Awake::count()));
         let ended = loop {
             tokio::select! {
                 biased;
@@ -207,7 +213,7 @@ async fn serve_http1(
                     std::pin::Pin::new(&mut *conn).graceful_shutdown();
                 }
                 _ = &mut tick, if checking && !parking && !draining => {
-                    let park_after = park_after(worker.awake.get());
+                    let park_after = park_after(Awake::count());
                     match plan(activity.seen(first), Instant::now(), idle_timeout, park_after) {
                         Step::Park => {
                             parking = true;
@@ -221,7 +227,6 @@ async fn serve_http1(
             }
         };
         let parts = conn.into_parts();
-        drop(awake);
         let (socket, rest) = parts.io.into_inner().into_inner().into_parts();
         stream = socket.into_inner();
         if let Err(e) = ended {
