@@ -18,6 +18,7 @@
 //! wakes every worker per connection (no `EPOLLEXCLUSIVE` in tokio). nginx (`reuseport`),
 //! Envoy and Pingora take the same per-worker-socket route.
 
+use crate::layers::breaker::RampBy;
 use crate::metrics::RouteMetrics;
 use crate::proxy::stack::{self, RouteStack};
 use crate::shard::Local;
@@ -104,7 +105,13 @@ impl WorkerSnapshot {
                 };
                 Some(WorkerRoute {
                     split,
-                    stack: stack::build(&upstream, r.limiter.as_ref(), r.retry.as_ref(), &metrics),
+                    stack: stack::build(
+                        &upstream,
+                        r.limiter.as_ref(),
+                        r.retry.as_ref(),
+                        &metrics,
+                        RampBy::Breaker,
+                    ),
                     upstream,
                 })
             })

@@ -67,9 +67,13 @@ impl CircuitBreaker {
             .set(kind.gauge());
     }
 
-    /// Asks to send one call; an open breaker answers 503 `circuit_open` at once.
-    pub fn admit(&self, now: Instant) -> Result<Ticket, ProxyError> {
-        let (admission, transition) = self.inner.lock().admit(now);
+    /// Asks to send one call; an open breaker answers 503 `circuit_open` at once. `ramp`: see
+    /// [`RampBy`].
+    pub fn admit(&self, now: Instant, ramp: RampBy) -> Result<Ticket, ProxyError> {
+        let (admission, transition) = self
+            .inner
+            .lock()
+            .admit_ramping(now, ramp == RampBy::Breaker);
         if let Some(t) = transition {
             self.report(&t);
         }
@@ -121,6 +125,7 @@ impl CircuitBreaker {
         {
             let inner = self.inner.lock();
             self.published.publish(inner.state());
+            self.published.publish_ramp(inner.ramp_start());
         }
         tracing::info!(
             upstream = %self.upstream,
@@ -163,9 +168,19 @@ impl Drop for TicketGuard<'_> {
     }
 }
 
+/// Who applies the ramp after the breaker closes (`ramp_duration`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RampBy {
+    /// The breaker: it refuses the callers beyond the ramp's share (an upstream of its own).
+    Breaker,
+    /// A split: it sends the target only its share and the rest to the other targets, so the
+    /// breaker admits every call it gets (`crate::proxy::split`).
+    Split,
+}
+
 /// Adds the upstream's breaker in front of `S`.
 #[derive(Clone)]
-pub struct BreakerLayer(pub Arc<Local<CircuitBreaker>>);
+pub struct BreakerLayer(pub Arc<Local<CircuitBreaker>>, pub RampBy);
 
 pub type BreakerService<S> = Protected<BreakerLayer, S>;
 protection_layer!(BreakerLayer => BreakerService);
@@ -173,6 +188,7 @@ protection_layer!(BreakerLayer => BreakerService);
 impl Protection for BreakerLayer {
     fn call<S: CallService>(&self, inner: &mut S, call: Call) -> CallFuture {
         let shared = self.0.clone();
+        let ramp_by = self.1;
         let mut inner = inner.clone();
         Box::pin(async move {
             let breaker: &CircuitBreaker = &shared;
@@ -186,7 +202,7 @@ impl Protection for BreakerLayer {
                 // Admitted without a ticket: no outcome reaches the state machine.
                 Some(HoldMode::Closed) => return inner.call(call).await,
             }
-            let ticket = breaker.admit(started)?;
+            let ticket = breaker.admit(started, ramp_by)?;
             let mut guard = TicketGuard {
                 breaker,
                 ticket: Some(ticket),

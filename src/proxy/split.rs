@@ -9,23 +9,29 @@
 //! lock-free published state (`crate::layers::breaker::published`), which is shared by every
 //! worker, and costs one random number and two passes over the targets: no lock, no allocation.
 //!
+//! A target whose breaker closed with a `ramp_duration` gets its weight times the ramp's share
+//! (10% rising to all, `layers::breaker::ramp`), read from the same published state; the rest
+//! goes to the others, and its breaker admits every call the split sends it
+//! (`RampBy::Split`) instead of also refusing the share beyond the ramp with a 503.
+//!
 //! The shift is logged once when a target's breaker leaves closed and once when it is closed
 //! again, by whichever worker notices first (a compare-and-swap on the route's shared mask).
 
 use crate::config::SplitTarget;
 use crate::layers::breaker::hold::HoldMode;
+use crate::layers::breaker::RampBy;
 use crate::layers::rate_limit::RouteLimiter;
 use crate::layers::retry::RetryPolicy;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::proxy::stack::{self, RouteStack};
 use crate::upstream::{Upstream, WorkerUpstream};
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::time::Instant;
 
-/// A weight factor of 1 (full weight), in 1/65536 units.
-pub const FACTOR_ONE: u32 = 1 << 16;
+/// A ramp share of 1 (full weight), in 1/65536 units: weights stay integers.
+const SHARE_ONE: f64 = 65536.0;
 
 /// One target of a split, as every worker shares it.
 pub struct Target {
@@ -33,10 +39,6 @@ pub struct Target {
     pub weight: u32,
     /// The route's request metrics labelled with this target's upstream.
     pub metrics: Arc<RouteMetrics>,
-    /// Scales the weight, 0..=[`FACTOR_ONE`]; full by default. The recovery ramp plugs in
-    /// here: setting it from 0 up to `FACTOR_ONE` over `ramp_duration` after the target's
-    /// breaker closes grows its share gradually ([`Split::set_factor`]).
-    factor: AtomicU32,
 }
 
 /// A route's split, shared by every worker.
@@ -75,7 +77,6 @@ impl Split {
                     metrics: Arc::new(RouteMetrics::new(metrics, route, &t.upstream)),
                     upstream,
                     weight: t.weight,
-                    factor: AtomicU32::new(FACTOR_ONE),
                 })
             })
             .collect::<Result<Box<[Target]>, String>>()?;
@@ -95,14 +96,6 @@ impl Split {
             targets,
             logged: AtomicU64::new(logged),
         })
-    }
-
-    /// Sets target `i`'s weight factor (0.0..=1.0); see [`Target::factor`].
-    pub fn set_factor(&self, i: usize, factor: f64) {
-        if let Some(t) = self.targets.get(i) {
-            let f = (factor.clamp(0.0, 1.0) * f64::from(FACTOR_ONE)) as u32;
-            t.factor.store(f, Ordering::Relaxed);
-        }
     }
 
     /// Bit `i` set: target `i` refuses every call at `now` (breaker open, time left, or an
@@ -129,19 +122,21 @@ impl Split {
     pub fn pick(&self, now: Instant) -> usize {
         let refusing = self.refusing(now);
         self.note_shift();
-        let weights = self.weights(refusing);
+        let weights = self.weights(refusing, now);
         let total: u64 = weights.clone().sum();
         choose(weights, fastrand::u64(..total.max(1)))
     }
 
     /// Each target's weight for the next pick, given who refuses: 0 for a refusing target,
-    /// `weight × factor` for the others; the configured weights when that leaves nothing.
-    fn weights(&self, refusing: u64) -> impl Iterator<Item = u64> + Clone + '_ {
+    /// `weight × ramp share` for the others; the configured weights when that leaves nothing.
+    fn weights(&self, refusing: u64, now: Instant) -> impl Iterator<Item = u64> + Clone + '_ {
         let scaled = move |i: usize, t: &Target| {
             if refusing & (1 << i) != 0 {
                 0
             } else {
-                u64::from(t.weight) * u64::from(t.factor.load(Ordering::Relaxed))
+                // In 0..=SHARE_ONE: the cast cannot truncate meaningfully.
+                let share = (t.upstream.breaker.published.ramp_share(now) * SHARE_ONE) as u64;
+                u64::from(t.weight) * share
             }
         };
         let any = self
@@ -236,7 +231,7 @@ impl Split {
     /// shift in words.
     pub fn status(&self, now: Instant) -> serde_json::Value {
         let refusing = self.refusing(now);
-        let effective: Vec<u64> = self.weights(refusing).collect();
+        let effective: Vec<u64> = self.weights(refusing, now).collect();
         let effective_total: u64 = effective.iter().sum();
         let total = self.total_weight();
         let targets: Vec<serde_json::Value> = self
@@ -252,7 +247,7 @@ impl Split {
                     "breaker": state,
                     "configured_percent": share(u64::from(t.weight), total),
                     "effective_percent": share(*eff, effective_total),
-                    "factor": f64::from(t.factor.load(Ordering::Relaxed)) / f64::from(FACTOR_ONE),
+                    "ramp_share": t.upstream.breaker.published.ramp_share(now),
                     "taking_traffic": refusing & (1 << i) == 0 || refusing.count_ones() as usize == self.targets.len(),
                 })
             })
@@ -299,7 +294,7 @@ pub fn worker_targets(
                 .unwrap_or_else(|| Arc::new(crate::shard::Local(t.upstream.clone())));
             let metrics = Arc::new(RouteMetrics::clone(&t.metrics));
             WorkerTarget {
-                stack: stack::build(&upstream, limiter, retry, &metrics),
+                stack: stack::build(&upstream, limiter, retry, &metrics, RampBy::Split),
                 upstream,
                 metrics,
             }
@@ -419,11 +414,11 @@ mod tests {
     /// target's share in per mille.
     fn counts(s: &Split, now: Instant) -> Vec<u64> {
         let refusing = s.refusing(now);
-        let total: u64 = s.weights(refusing).sum();
+        let total: u64 = s.weights(refusing, now).sum();
         let mut c = vec![0; s.targets.len()];
         for k in 0..1000u128 {
             let r = (u128::from(total) * k / 1000) as u64;
-            c[choose(s.weights(refusing), r)] += 1;
+            c[choose(s.weights(refusing, now), r)] += 1;
         }
         c
     }
@@ -472,17 +467,29 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_weight_factor_scales_a_targets_share() {
+    async fn a_ramping_target_gets_its_weight_times_the_ramp_share() {
         let s = split(&[("stable", 50), ("canary", 50)]);
         let now = Instant::now();
-        s.set_factor(1, 0.0);
-        assert_eq!(counts(&s, now)[1], 0);
-        s.set_factor(1, 0.5);
-        assert_eq!(counts(&s, now), [667, 333]);
-        // Both at zero: configured weights rather than no target at all.
-        s.set_factor(0, 0.0);
-        s.set_factor(1, 0.0);
-        assert_eq!(counts(&s, now), [500, 500]);
+        let ramp = |share_at: Instant| {
+            s.targets[1]
+                .upstream
+                .breaker
+                .published
+                .publish_ramp(Some((share_at, Duration::from_secs(30))))
+        };
+        // Just closed: 10% of its weight (5 of 55), the rest to stable.
+        ramp(now);
+        let c = counts(&s, now);
+        assert!((90..=92).contains(&c[1]), "{c:?}");
+        // A third of the way: 40% (20 of 70).
+        let later = now + Duration::from_secs(10);
+        let c = counts(&s, later);
+        assert!((285..=287).contains(&c[1]), "{c:?}");
+        // Over: its whole half again.
+        assert_eq!(counts(&s, now + Duration::from_secs(30)), [500, 500]);
+        let status = s.status(later);
+        let share = status["targets"][1]["ramp_share"].as_f64().unwrap();
+        assert!((share - 0.4).abs() < 1e-6, "{status}");
     }
 
     #[tokio::test(start_paused = true)]

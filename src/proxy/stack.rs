@@ -14,7 +14,7 @@
 //! (so the breaker counts it as the upstream's failure), the concurrency queue, and the retry
 //! backoff.
 
-use crate::layers::breaker::{BreakerLayer, BreakerService};
+use crate::layers::breaker::{BreakerLayer, BreakerService, RampBy};
 use crate::layers::concurrency::{ConcurrencyLayer, ConcurrencyService};
 use crate::layers::outlier::{OutlierLayer, OutlierService, Outliers};
 use crate::layers::rate_limit::{RateLimitLayer, RateLimitService, RouteLimiter};
@@ -40,12 +40,16 @@ pub fn build(
     limiter: Option<&Arc<RouteLimiter>>,
     retry: Option<&Arc<RetryPolicy>>,
     metrics: &Arc<RouteMetrics>,
+    ramp: RampBy,
 ) -> RouteStack {
     ServiceBuilder::new()
         .layer(RateLimitLayer::new(limiter.cloned(), metrics.clone()))
         .layer(RetryLayer::new(retry.cloned(), metrics.clone()))
         .layer(BalanceLayer::new(upstream.clone()))
-        .layer(BreakerLayer(Arc::new(Local(upstream.breaker.clone()))))
+        .layer(BreakerLayer(
+            Arc::new(Local(upstream.breaker.clone())),
+            ramp,
+        ))
         .layer(ConcurrencyLayer(Arc::new(Local(
             upstream.concurrency.clone(),
         ))))

@@ -5,7 +5,7 @@ use levee::body::RequestBody;
 use levee::call::{Call, CallFuture, CallRequest};
 use levee::error::ProxyError;
 use levee::layers::breaker::state::{BreakerSettings, StateKind};
-use levee::layers::breaker::{BreakerLayer, CircuitBreaker};
+use levee::layers::breaker::{BreakerLayer, CircuitBreaker, RampBy};
 use levee::layers::concurrency::{ConcurrencyLayer, ConcurrencyLimit};
 use levee::layers::outlier::ejection::{EjectionEvent, OutlierDetector, OutlierSettings};
 use levee::layers::outlier::{OutlierLayer, OutlierObserver, Outliers};
@@ -56,7 +56,7 @@ async fn breaker_opens_on_upstream_failures_and_lets_a_trial_through_after_open_
     let metrics = Arc::new(levee::metrics::Metrics::new());
     let breaker = Arc::new(CircuitBreaker::new("api".into(), settings, metrics));
     let calls = Arc::new(AtomicUsize::new(0));
-    let layer = BreakerLayer(Arc::new(Local(breaker.clone())));
+    let layer = BreakerLayer(Arc::new(Local(breaker.clone())), RampBy::Breaker);
     let mut svc = layer.layer(failing(&calls, || ProxyError::UpstreamTimeout));
     // A client-side failure says nothing about the upstream: it does not count.
     let mut client_fault = layer.layer(failing(&calls, || ProxyError::BadRequest("no")));

@@ -5,6 +5,7 @@
 
 use super::state::BreakerState;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 use tokio::time::Instant;
 
 const CLOSED: u64 = 0;
@@ -16,6 +17,11 @@ const OPEN_BASE: u64 = 2;
 pub struct PublishedState {
     epoch: Instant,
     state: AtomicU64,
+    /// The ramp after the latest close: its start in nanoseconds from `epoch` plus one (0: no
+    /// ramp), and its length in nanoseconds. Read apart, so a reader may see a ramp's start
+    /// with the previous ramp's length for a moment: a share off by a little, once.
+    ramp_from: AtomicU64,
+    ramp_nanos: AtomicU64,
 }
 
 impl PublishedState {
@@ -23,6 +29,8 @@ impl PublishedState {
         PublishedState {
             epoch: Instant::now(),
             state: AtomicU64::new(CLOSED),
+            ramp_from: AtomicU64::new(0),
+            ramp_nanos: AtomicU64::new(0),
         }
     }
 
@@ -38,6 +46,36 @@ impl PublishedState {
             }
         };
         self.state.store(v, Ordering::Release);
+    }
+
+    /// The ramp after the latest close (`Breaker::ramp_start`), `None` when there is none.
+    pub fn publish_ramp(&self, ramp: Option<(Instant, Duration)>) {
+        let (from, nanos) = match ramp {
+            Some((start, length)) => (
+                self.nanos(start).saturating_add(1),
+                u64::try_from(length.as_nanos()).unwrap_or(u64::MAX),
+            ),
+            None => (0, 0),
+        };
+        self.ramp_nanos.store(nanos, Ordering::Relaxed);
+        self.ramp_from.store(from, Ordering::Release);
+    }
+
+    /// The share of its traffic the upstream takes at `now` while it ramps up after closing
+    /// (`ramp::ramp_share`); 1.0 with no ramp or after it.
+    #[inline]
+    pub fn ramp_share(&self, now: Instant) -> f64 {
+        let from = self.ramp_from.load(Ordering::Acquire);
+        if from == 0 {
+            return 1.0;
+        }
+        let length = Duration::from_nanos(self.ramp_nanos.load(Ordering::Relaxed));
+        let elapsed = Duration::from_nanos(self.nanos(now).saturating_sub(from - 1));
+        super::ramp::ramp_share(elapsed, length)
+    }
+
+    fn nanos(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Whether the breaker is closed (neither open nor probing with half-open trials).
@@ -69,7 +107,6 @@ impl Default for PublishedState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[tokio::test(start_paused = true)]
     async fn open_refuses_until_its_time_runs_out() {
@@ -89,5 +126,19 @@ mod tests {
         assert!(!p.refuses(now) && !p.is_closed());
         p.publish(&BreakerState::Closed);
         assert!(!p.refuses(now) && p.is_closed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_published_ramp_grows_the_share_to_all() {
+        let p = PublishedState::new();
+        tokio::time::advance(Duration::from_secs(7)).await;
+        let now = Instant::now();
+        assert_eq!(p.ramp_share(now), 1.0);
+        p.publish_ramp(Some((now, Duration::from_secs(30))));
+        assert!((p.ramp_share(now) - super::super::ramp::RAMP_START).abs() < 1e-9);
+        assert!((p.ramp_share(now + Duration::from_secs(10)) - 0.4).abs() < 1e-6);
+        assert_eq!(p.ramp_share(now + Duration::from_secs(30)), 1.0);
+        p.publish_ramp(None);
+        assert_eq!(p.ramp_share(now), 1.0);
     }
 }

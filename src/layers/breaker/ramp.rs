@@ -51,6 +51,11 @@ impl Ramp {
         }
     }
 
+    /// When the ramp began.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     /// The share admitted at `now`.
     pub fn share(&self, ramp: Duration, now: Instant) -> f64 {
         ramp_share(now.saturating_duration_since(self.started), ramp)

@@ -325,7 +325,15 @@ impl Breaker {
     /// `half_open_calls` trials, then rejects with a short `retry_after` hint until they
     /// resolve. While ramping after a close, only the ramp's share of callers is admitted.
     pub fn admit(&mut self, now: Instant) -> (Admission, Option<Transition>) {
+        self.admit_ramping(now, true)
+    }
+
+    /// [`admit`](Self::admit), where `ramp` false lets a closed breaker admit past its ramp:
+    /// for a split's target, whose ramp the split applies by shifting traffic instead
+    /// (`crate::proxy::split`).
+    pub fn admit_ramping(&mut self, now: Instant, ramp: bool) -> (Admission, Option<Transition>) {
         match self.state {
+            BreakerState::Closed if !ramp => (Admission::Admitted(self.ticket(false)), None),
             BreakerState::Closed => match self.ramp_admission(now) {
                 None => (Admission::Admitted(self.ticket(false)), None),
                 Some(retry_after) => (Admission::Rejected { retry_after }, None),
@@ -799,6 +807,12 @@ impl Breaker {
             (BreakerState::HalfOpen { .. }, _, _) => RAMP_START,
             (BreakerState::Open { .. } | BreakerState::Probing { .. }, _, _) => 0.0,
         }
+    }
+
+    /// When the ramp after the latest close began, and how long it lasts (for lock-free
+    /// readers: `super::published`).
+    pub fn ramp_start(&self) -> Option<(Instant, Duration)> {
+        Some((self.ramp.as_ref()?.started(), self.settings.ramp_duration?))
     }
 
     /// Whether the ramp after the latest close is still running at `now`.
@@ -1649,6 +1663,21 @@ mod tests {
         );
         // The ramp is over: a failure is judged by the window again.
         assert_eq!(call(&mut breaker, FAIL), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_split_ramps_by_shifting_so_its_calls_pass_the_ramp() {
+        let ramp = Duration::from_secs(30);
+        let mut breaker = closed_with_ramp(ramp).await;
+        assert_eq!(breaker.ramp_start(), Some((now(), ramp)));
+        for _ in 0..100 {
+            match breaker.admit_ramping(now(), false) {
+                (Admission::Admitted(t), None) => assert_eq!(breaker.record(t, OK, now()), None),
+                other => panic!("a split's call is admitted during the ramp, got {other:?}"),
+            }
+        }
+        // The breaker's own ramp still holds for callers that are not a split's.
+        assert_eq!(admitted_of(&mut breaker, 100), 10);
     }
 
     #[tokio::test(start_paused = true)]
